@@ -1,1 +1,6 @@
-//! placeholder
+//! The wlbs control plane: configuration, the appliance's bring-up and control thread, and the
+//! operator verbs of the `wlbs` binary.
+
+pub mod appliance;
+pub mod config;
+pub mod pcap;

@@ -1,1 +1,256 @@
-//! placeholder
+//! Helpers for the integration tests: find the `wlbs` binary, run it as a child process with a
+//! unique DPDK `--file-prefix` (DPDK allows one EAL per process), stop it like an operator
+//! would (SIGINT/SIGTERM), and clean up `/var/run/dpdk/<prefix>` afterwards.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `wlbs` binary next to this test executable (`target/<profile>/wlbs`), or `$WLBS_BIN`.
+pub fn wlbs_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WLBS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/wlbs
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("wlbs");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p wlbs-control), or set WLBS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A `--file-prefix` unique to this process and call, so tests can run in parallel.
+pub fn unique_prefix(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "wlbs-test-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// EAL arguments every test uses: no hugepages needed, no PCI probing, no shared config,
+/// a private file prefix.
+pub fn base_eal_args(prefix: &str) -> Vec<String> {
+    [
+        "--no-huge",
+        "--no-shconf",
+        "-m",
+        "256",
+        "--no-pci",
+        "--file-prefix",
+        prefix,
+        "--log-level",
+        "lib.eal:notice",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A running `wlbs run` child. Killed (and its DPDK runtime folder removed) on drop.
+pub struct Appliance {
+    child: Option<Child>,
+    prefix: String,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// How the child ended.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+impl Exit {
+    /// The final summary line (`wlbs: stopped ...`), if any.
+    pub fn summary(&self) -> Option<&str> {
+        self.stderr.lines().find(|l| l.starts_with("wlbs: stopped"))
+    }
+
+    /// A number that follows `label` in the summary line (e.g. "cluster->host ").
+    pub fn summary_figure(&self, label: &str) -> Option<u64> {
+        let s = self.summary()?;
+        let rest = &s[s.find(label)? + label.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Packets per worker from the summary's "per worker 0:N 1:M" tail.
+    pub fn per_worker(&self) -> Vec<u64> {
+        let Some(s) = self.summary() else {
+            return Vec::new();
+        };
+        let Some(tail) = s.split("per worker").nth(1) else {
+            return Vec::new();
+        };
+        tail.split_whitespace()
+            .filter_map(|w| w.split(':').nth(1)?.parse().ok())
+            .collect()
+    }
+}
+
+impl Appliance {
+    /// Starts `wlbs run` with `config` (TOML text) and `eal` arguments (the base ones are
+    /// added). The prefix is cleaned up when the Appliance is dropped.
+    pub fn start(name: &str, config: &str, eal: &[String]) -> Appliance {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("wlbs.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let prefix = unique_prefix(name);
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+            "--".into(),
+        ];
+        args.extend(base_eal_args(&prefix));
+        args.extend(eal.iter().cloned());
+        let child = Command::new(wlbs_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn wlbs");
+        Appliance {
+            child: Some(child),
+            prefix,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// What the child has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits (bounded) until stderr contains `needle`; false on timeout or if the child exited.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return self.stderr().contains(needle);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends `signal` and waits (bounded by `timeout`) for the child to exit.
+    pub fn stop_with(mut self, signal: i32, timeout: Duration) -> (Exit, Duration) {
+        let mut child = self.child.take().expect("child");
+        let sent = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status.code();
+            }
+            if sent.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = sent.elapsed();
+        (
+            Exit {
+                code,
+                stderr: self.stderr(),
+            },
+            took,
+        )
+    }
+
+    /// Waits (bounded) for the child to exit by itself (e.g. on a bad config).
+    pub fn wait_exit(mut self, timeout: Duration) -> Exit {
+        let mut child = self.child.take().expect("child");
+        let start = Instant::now();
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status.code();
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Exit {
+            code,
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
+    }
+}
+
+/// An Ethernet/IPv4/UDP frame with a recognisable payload, for pass-through tests.
+pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], seq: u32, payload_len: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42 + payload_len);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload_len) as u16;
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 51, 100, 7, 192, 0, 2, 10,
+    ];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+    let sum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&(40000 + (seq % 20000) as u16).to_be_bytes());
+    f.extend_from_slice(&80u16.to_be_bytes());
+    f.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend((0..payload_len).map(|i| (seq as usize + i) as u8));
+    f
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

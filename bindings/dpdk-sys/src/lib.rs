@@ -3,7 +3,12 @@
 //! names here and link to out-of-line wrappers compiled by `build.rs`.
 //!
 //! Everything here is `unsafe`; the `dpdk` crate is the safe layer over it.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

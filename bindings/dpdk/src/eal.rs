@@ -30,7 +30,10 @@ impl Eal {
             .iter()
             .map(|a| {
                 CString::new(a.as_ref()).map_err(|_| {
-                    Error::InvalidArgument(format!("EAL argument {:?} contains a NUL byte", a.as_ref()))
+                    Error::InvalidArgument(format!(
+                        "EAL argument {:?} contains a NUL byte",
+                        a.as_ref()
+                    ))
                 })
             })
             .collect::<Result<_>>()?;
@@ -166,5 +169,9 @@ pub(crate) fn port_name(id: u16) -> Option<String> {
         return None;
     }
     // SAFETY: on success DPDK wrote a NUL-terminated string into buf.
-    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }

@@ -1,0 +1,415 @@
+//! `wlbs run`: brings up the EAL, the cluster port and the host port, launches one poll-mode
+//! worker per RX queue of the cluster port, and runs the control thread on the main lcore until
+//! asked to stop. Then it stops the workers and the ports and reports what went through.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dpdk::{Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
+use tracing::{info, warn};
+use wlbs_dataplane::worker::{self, Idle, WorkerCounters, WorkerQueues, WorkerReport};
+
+use crate::config::{Config, PortSpec};
+
+/// How often the control thread looks at the stop flag (the stop deadline is one second).
+const CONTROL_TICK: Duration = Duration::from_millis(20);
+/// Per-lcore mempool cache, as in DPDK's examples.
+const MEMPOOL_CACHE: u32 = 256;
+
+/// What went through the appliance, printed as one line when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub elapsed: Duration,
+    /// Cluster port to host port.
+    pub inbound_packets: u64,
+    /// Host port to cluster port.
+    pub outbound_packets: u64,
+    /// Packets a full TX queue refused (both directions).
+    pub tx_full: u64,
+    pub cluster: PortStats,
+    pub host: PortStats,
+    /// Packets forwarded by each worker (both directions).
+    pub per_worker: Vec<u64>,
+}
+
+impl Summary {
+    pub fn dropped(&self) -> u64 {
+        self.tx_full
+            + self.cluster.rx_missed
+            + self.host.rx_missed
+            + self.cluster.rx_nombuf
+            + self.host.rx_nombuf
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "wlbs: stopped after {:.3} s: cluster->host {} packets, host->cluster {} packets, dropped {} (tx full {}, rx missed {}, no mbuf {}); per worker",
+            self.elapsed.as_secs_f64(),
+            self.inbound_packets,
+            self.outbound_packets,
+            self.dropped(),
+            self.tx_full,
+            self.cluster.rx_missed + self.host.rx_missed,
+            self.cluster.rx_nombuf + self.host.rx_nombuf,
+        )?;
+        for (i, n) in self.per_worker.iter().enumerate() {
+            write!(f, " {i}:{n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The EAL arguments wlbs passes: the user's, plus an lcore layout when the user gave none
+/// (the main lcore and one per worker, all free to run on any CPU, so an appliance with more
+/// workers than CPUs still starts; pin them with `-l`/`--lcores` on bare metal).
+pub fn eal_args(user: &[String], workers: u16) -> Vec<String> {
+    let mut args = vec!["wlbs".to_string()];
+    args.extend(user.iter().cloned());
+    let has_layout = user.iter().any(|a| {
+        a == "-l" || a == "-c" || a.starts_with("--lcores") || a.starts_with("-l") && a.len() > 2
+    });
+    if !has_layout {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        args.push(format!("--lcores=(0-{workers})@(0-{})", cpus - 1));
+    }
+    args
+}
+
+/// Free 2 MiB (or other size) hugepages, from the text of /proc/meminfo.
+pub fn free_hugepages(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn check_hugepages(user_args: &[String]) -> Result<()> {
+    if user_args.iter().any(|a| a == "--no-huge") {
+        return Ok(());
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    if free_hugepages(&meminfo) == 0 {
+        bail!(
+            "no free hugepages: run scripts/setup.sh (reserves 1 GiB of 2 MiB pages and mounts hugetlbfs), or pass --no-huge to the EAL (after --)"
+        );
+    }
+    Ok(())
+}
+
+fn find_port(eal: &Eal, spec: &PortSpec, key: &str) -> Result<Port> {
+    let id = eal
+        .find_port(&spec.to_string())
+        .with_context(|| format!("[dataplane] {key} = {spec:?}"))?;
+    Ok(Port::open(id)?)
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The control thread's own TX queue on each port (never shared with a worker), when the
+/// driver has one to spare.
+struct ControlQueues {
+    cluster_tx: Option<TxQueue>,
+    host_tx: Option<TxQueue>,
+}
+
+impl ControlQueues {
+    fn describe(&self) -> String {
+        let q = |t: &Option<TxQueue>| match t {
+            Some(t) => format!("TX queue {}", t.queue()),
+            None => "worker 0's TX queue".to_string(),
+        };
+        format!(
+            "{} on the cluster port and {} on the host port",
+            q(&self.cluster_tx),
+            q(&self.host_tx)
+        )
+    }
+}
+
+/// Runs the appliance until `stop` is set (by Ctrl-C or SIGTERM), then stops everything.
+pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> Result<Summary> {
+    let dp = &config.dataplane;
+    check_hugepages(user_eal_args)?;
+    let args = eal_args(user_eal_args, dp.workers);
+    let eal = Eal::init(&args).with_context(|| {
+        format!(
+            "EAL initialisation failed (EAL args: {})",
+            args[1..].join(" ")
+        )
+    })?;
+
+    let lcores = eal.worker_lcores();
+    if lcores.len() < dp.workers as usize {
+        bail!(
+            "[dataplane] workers = {} needs {} lcores (the main lcore for the control thread and one per worker), the EAL has {}: give e.g. --lcores=(0-{})@(0-1) after --",
+            dp.workers,
+            dp.workers + 1,
+            lcores.len() + 1,
+            dp.workers
+        );
+    }
+
+    let mut cluster = find_port(&eal, &dp.cluster_port, "cluster_port")?;
+    let mut host = find_port(&eal, &dp.host_port, "host_port")?;
+
+    // Enough mbufs to fill every RX and TX ring of both ports, plus the per-lcore caches and a
+    // burst in flight per worker.
+    let queues = dp.workers as u32;
+    let mbufs = 2 * queues * dp.rx_descriptors as u32
+        + 2 * (queues + 1) * dp.tx_descriptors as u32
+        + (queues + 1) * (MEMPOOL_CACHE + 64)
+        + 1024;
+    let pool = Mempool::new(
+        "wlbs_mbufs",
+        mbufs,
+        MEMPOOL_CACHE,
+        (2048 + 128) as u16, /* frame room + RTE_PKTMBUF_HEADROOM */
+        cluster.socket(),
+    )
+    .with_context(|| format!("creating a pool of {mbufs} mbufs"))?;
+
+    // Each worker has a TX queue on each port; the control thread wants one more of its own.
+    // Some PMDs (net_pcap with one tx_pcap, net_af_packet with qpairs=1) offer only one queue
+    // per worker: then control frames will travel through worker 0's queue.
+    let mut port_cfgs = Vec::new();
+    for (role, port) in [("cluster", &cluster), ("host", &host)] {
+        let info = port.info()?;
+        if info.max_tx_queues < dp.workers || info.max_rx_queues < dp.workers {
+            bail!(
+                "[dataplane] workers = {}: the {role} port {} ({}, driver {}) has {} RX and {} TX queues; each worker needs one of each",
+                dp.workers,
+                port.id(),
+                port.name(),
+                info.driver,
+                info.max_rx_queues,
+                info.max_tx_queues
+            );
+        }
+        port_cfgs.push(PortConfig {
+            rx_queues: dp.workers,
+            tx_queues: (dp.workers + 1).min(info.max_tx_queues),
+            rx_descriptors: dp.rx_descriptors,
+            tx_descriptors: dp.tx_descriptors,
+        });
+    }
+    for ((role, port), port_cfg) in [("cluster", &mut cluster), ("host", &mut host)]
+        .into_iter()
+        .zip(&port_cfgs)
+    {
+        let rss = port.configure(port_cfg, &pool).with_context(|| {
+            format!(
+                "configuring the {role} port {} ({})",
+                port.id(),
+                port.name()
+            )
+        })?;
+        let info = port.info()?;
+        let mac = port.mac().map(mac_string).unwrap_or_default();
+        info!(
+            "{role} port {} ({}, driver {}, MAC {mac}): {} RX queues{}, {} TX queues",
+            port.id(),
+            port.name(),
+            info.driver,
+            port_cfg.rx_queues,
+            if rss { " with RSS" } else { "" },
+            port_cfg.tx_queues,
+        );
+        if port_cfg.rx_queues > 1 && !rss {
+            warn!(
+                "{role} port {}: driver {} has no RSS; traffic reaches queue 0 only",
+                port.id(),
+                info.driver
+            );
+        }
+        if port_cfg.tx_queues == dp.workers {
+            info!(
+                "{role} port {}: driver {} has no spare TX queue for the control thread; its frames will go out through worker 0's queue",
+                port.id(),
+                info.driver
+            );
+        }
+    }
+
+    let mut worker_queues = Vec::with_capacity(dp.workers as usize);
+    for q in 0..dp.workers {
+        worker_queues.push(WorkerQueues {
+            cluster_rx: cluster.rx_queue(q)?,
+            host_tx: host.tx_queue(q)?,
+            host_rx: host.rx_queue(q)?,
+            cluster_tx: cluster.tx_queue(q)?,
+        });
+    }
+    let control = ControlQueues {
+        cluster_tx: (port_cfgs[0].tx_queues > dp.workers)
+            .then(|| cluster.tx_queue(dp.workers))
+            .transpose()?,
+        host_tx: (port_cfgs[1].tx_queues > dp.workers)
+            .then(|| host.tx_queue(dp.workers))
+            .transpose()?,
+    };
+
+    cluster
+        .start()
+        .with_context(|| format!("starting the cluster port {}", cluster.name()))?;
+    host.start()
+        .with_context(|| format!("starting the host port {}", host.name()))?;
+
+    let counters: Arc<Vec<WorkerCounters>> =
+        Arc::new((0..dp.workers).map(|_| WorkerCounters::default()).collect());
+    let worker_stop = Arc::new(AtomicBool::new(false));
+    let idle = if dp.busy_poll {
+        Idle::BusyPoll
+    } else {
+        Idle::Backoff
+    };
+    let reports: Arc<Mutex<Vec<Option<WorkerReport>>>> =
+        Arc::new(Mutex::new((0..dp.workers).map(|_| None).collect()));
+
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(dp.workers as usize);
+    for (i, (q, lcore)) in worker_queues.into_iter().zip(&lcores).enumerate() {
+        let counters = Arc::clone(&counters);
+        let stop_flag = Arc::clone(&worker_stop);
+        let reports = Arc::clone(&reports);
+        let launched = eal.launch(*lcore, move || {
+            let report = worker::run(q, &counters[i], &stop_flag, idle);
+            if let Ok(mut r) = reports.lock() {
+                r[i] = Some(report);
+            }
+            0
+        });
+        match launched {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                worker_stop.store(true, Ordering::SeqCst);
+                for h in handles {
+                    h.wait();
+                }
+                return Err(e).context(format!("launching worker {i} on lcore {lcore}"));
+            }
+        }
+    }
+    info!(
+        "forwarding: {} worker(s) on lcores {:?} ({}); control thread on lcore {} with {}",
+        dp.workers,
+        &lcores[..dp.workers as usize],
+        if dp.busy_poll {
+            "busy polling"
+        } else {
+            "idle back-off"
+        },
+        eal.main_lcore(),
+        control.describe(),
+    );
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(CONTROL_TICK);
+    }
+
+    worker_stop.store(true, Ordering::SeqCst);
+    for h in handles {
+        let lcore = h.lcore();
+        let code = h.wait();
+        if code != 0 {
+            warn!("worker on lcore {lcore} ended with {code}");
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let mut summary = Summary {
+        elapsed,
+        ..Summary::default()
+    };
+    for c in counters.iter() {
+        let inbound = c.inbound.packets.load(Ordering::Relaxed);
+        let outbound = c.outbound.packets.load(Ordering::Relaxed);
+        summary.inbound_packets += inbound;
+        summary.outbound_packets += outbound;
+        summary.tx_full +=
+            c.inbound.tx_full.load(Ordering::Relaxed) + c.outbound.tx_full.load(Ordering::Relaxed);
+        summary.per_worker.push(inbound + outbound);
+    }
+    summary.cluster = cluster.stats().unwrap_or_default();
+    summary.host = host.stats().unwrap_or_default();
+    log_burst_times(&reports);
+
+    cluster.stop().context("stopping the cluster port")?;
+    host.stop().context("stopping the host port")?;
+    Ok(summary)
+}
+
+fn log_burst_times(reports: &Mutex<Vec<Option<WorkerReport>>>) {
+    let hz = dpdk::tsc_hz().max(1) as f64;
+    let Ok(reports) = reports.lock() else { return };
+    for (i, r) in reports.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let h = &r.cycles_per_packet;
+        if h.is_empty() {
+            continue;
+        }
+        let ns = |cycles: u64| cycles as f64 * 1e9 / hz;
+        info!(
+            "worker {i}: burst processing per packet p50 {:.1} ns, p99 {:.1} ns, max {:.1} ns over {} bursts",
+            ns(h.value_at_quantile(0.5)),
+            ns(h.value_at_quantile(0.99)),
+            ns(h.max()),
+            h.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lcore_layout_is_added_only_when_missing() {
+        let a = eal_args(&["--no-huge".into()], 2);
+        assert_eq!(a[0], "wlbs");
+        assert!(
+            a.iter().any(|x| x.starts_with("--lcores=(0-2)@(0-")),
+            "{a:?}"
+        );
+        let b = eal_args(&["-l".into(), "0-1".into()], 1);
+        assert!(!b.iter().any(|x| x.starts_with("--lcores")), "{b:?}");
+        let c = eal_args(&["--lcores=0@0,1@1".into()], 1);
+        assert_eq!(c.iter().filter(|x| x.starts_with("--lcores")).count(), 1);
+    }
+
+    #[test]
+    fn hugepages_free_is_read_from_meminfo() {
+        let m = "MemTotal: 1 kB\nHugePages_Total:    1024\nHugePages_Free:      17\n";
+        assert_eq!(free_hugepages(m), 17);
+        assert_eq!(free_hugepages("MemTotal: 1 kB\n"), 0);
+    }
+
+    #[test]
+    fn summary_is_one_line_with_every_figure() {
+        let s = Summary {
+            elapsed: Duration::from_millis(1500),
+            inbound_packets: 10,
+            outbound_packets: 3,
+            tx_full: 2,
+            per_worker: vec![8, 5],
+            ..Summary::default()
+        };
+        let line = s.to_string();
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            line,
+            "wlbs: stopped after 1.500 s: cluster->host 10 packets, host->cluster 3 packets, dropped 2 (tx full 2, rx missed 0, no mbuf 0); per worker 0:8 1:5"
+        );
+    }
+}
