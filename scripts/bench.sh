@@ -22,13 +22,10 @@ while [ $# -gt 0 ]; do
 done
 
 work=$(mktemp -d /tmp/wlbs-bench.XXXXXX)
-prefixes=()
+# Every DPDK process of this run has a --file-prefix ending in -$$.
 cleanup() {
-  for p in "${prefixes[@]}"; do
-    pkill -KILL -f -- "--file-prefix $p( |$)" 2>/dev/null || true
-    rm -rf "/var/run/dpdk/$p"
-  done
-  rm -rf "$work"
+  pkill -KILL -f -- "--file-prefix bench-[a-z-]*-$$" 2>/dev/null || true
+  rm -rf /var/run/dpdk/bench-*-"$$" "$work"
 }
 trap cleanup EXIT INT TERM
 
@@ -62,7 +59,6 @@ PY
 # Same EAL layout for every contender: main lcore on CPU 0, one forwarding core on CPU 1.
 eal_for() {
   local prefix=$1
-  prefixes+=("$prefix")
   echo "-l 0,1 --in-memory --file-prefix $prefix --no-pci --log-level lib.eal:notice" \
        "--vdev net_pcap0,rx_pcap=$work/frames.pcap,infinite_rx=1 --vdev net_null0,no-rx=1"
 }
