@@ -2,18 +2,239 @@
 //! the value and what is allowed.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use wlbs_dataplane::filter::{self, Affinity, FilterSpec, Mode, PortRule, Protocol, RuleVip};
+use wlbs_dataplane::wire::EthernetAddress;
 
 /// Most worker cores one appliance runs (one RX queue of the cluster port each).
 pub const MAX_WORKERS: u16 = 64;
+/// Most hosts in a cluster; host priorities are 1..=32.
+pub const MAX_HOSTS: u8 = 32;
+/// Most virtual IPs besides the primary cluster IP.
+pub const MAX_EXTRA_VIPS: usize = 63;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub dataplane: Dataplane,
+    /// Absent: the appliance forwards everything unchanged (pass-through mode).
+    pub cluster: Option<Cluster>,
+    pub host: Option<Host>,
+    #[serde(default, rename = "port_rule")]
+    pub port_rules: Vec<PortRuleConfig>,
+}
+
+/// `[cluster]`: the addresses every host shares.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The primary cluster IP (IPv4, as in NLB); it also seeds the bucket hash.
+    pub ip: Ipv4Addr,
+    /// Extra virtual IPs, IPv4 or IPv6.
+    #[serde(default)]
+    pub vips: Vec<IpAddr>,
+    /// Subnet mask of the cluster IP.
+    #[serde(default = "default_mask")]
+    pub mask: Ipv4Addr,
+    /// Static membership: the host priorities of the live members, this host included. Used
+    /// when membership is driven from outside (as with Linux xt_cluster).
+    pub members: Option<Vec<u8>>,
+}
+
+fn default_mask() -> Ipv4Addr {
+    Ipv4Addr::new(255, 255, 255, 0)
+}
+
+/// `[host]`: what is this host's own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Host priority 1..=32: unique in the cluster; the lowest live one is the default host.
+    pub priority: u8,
+    /// Traffic to this address is never load balanced.
+    pub dedicated_ip: Option<IpAddr>,
+}
+
+/// One `[[port_rule]]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRuleConfig {
+    #[serde(default)]
+    pub vip: VipSpec,
+    #[serde(default)]
+    pub ports: PortRange,
+    #[serde(default = "default_protocol")]
+    pub protocol: ProtocolConfig,
+    #[serde(default = "default_mode")]
+    pub mode: ModeConfig,
+    #[serde(default = "default_affinity")]
+    pub affinity: AffinityConfig,
+    pub load_weight: Option<LoadWeight>,
+    pub handling_priority: Option<u8>,
+}
+
+fn default_protocol() -> ProtocolConfig {
+    ProtocolConfig::Both
+}
+fn default_mode() -> ModeConfig {
+    ModeConfig::Multiple
+}
+fn default_affinity() -> AffinityConfig {
+    AffinityConfig::Single
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolConfig {
+    Tcp,
+    Udp,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeConfig {
+    Multiple,
+    Single,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AffinityConfig {
+    None,
+    Single,
+    Network,
+}
+
+/// `vip = "all"` or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VipSpec {
+    #[default]
+    All,
+    Addr(IpAddr),
+}
+
+impl<'de> Deserialize<'de> for VipSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(VipSpec::All);
+        }
+        s.parse().map(VipSpec::Addr).map_err(|_| {
+            de::Error::invalid_value(
+                de::Unexpected::Str(&s),
+                &"\"all\" or an IPv4/IPv6 address of the cluster",
+            )
+        })
+    }
+}
+
+/// `ports = "80"`, `"1024-65535"` or `80`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            first: 0,
+            last: 65535,
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RangeVisitor;
+        impl Visitor<'_> for RangeVisitor {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (0..=65535) or a range \"first-last\" with first <= last")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
+                let p = u16::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
+                Ok(PortRange { first: p, last: p })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRange, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
+                let bad = || E::invalid_value(de::Unexpected::Str(v), &self);
+                let (a, b) = match v.split_once('-') {
+                    Some((a, b)) => (a.trim(), b.trim()),
+                    None => (v.trim(), v.trim()),
+                };
+                let first: u16 = a.parse().map_err(|_| bad())?;
+                let last: u16 = b.parse().map_err(|_| bad())?;
+                if first > last {
+                    return Err(bad());
+                }
+                Ok(PortRange { first, last })
+            }
+        }
+        d.deserialize_any(RangeVisitor)
+    }
+}
+
+/// `load_weight = 0..=100` or `"equal"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadWeight {
+    Equal,
+    Percent(u8),
+}
+
+impl LoadWeight {
+    /// The weight the assignment uses: "equal" counts as 50 (so hosts that all say "equal"
+    /// split evenly).
+    pub fn value(self) -> u8 {
+        match self {
+            LoadWeight::Equal => 50,
+            LoadWeight::Percent(p) => p,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LoadWeight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct WeightVisitor;
+        impl Visitor<'_> for WeightVisitor {
+            type Value = LoadWeight;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a load weight 0..=100 or \"equal\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LoadWeight, E> {
+                match u8::try_from(v) {
+                    Ok(p) if p <= 100 => Ok(LoadWeight::Percent(p)),
+                    _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LoadWeight, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LoadWeight, E> {
+                if v.eq_ignore_ascii_case("equal") {
+                    Ok(LoadWeight::Equal)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(WeightVisitor)
+    }
 }
 
 /// `[dataplane]`: the two ports and the worker cores.
@@ -36,6 +257,51 @@ pub struct Dataplane {
     /// TX descriptors per queue.
     #[serde(default = "default_descriptors")]
     pub tx_descriptors: u16,
+    /// Destination MAC for accepted frames on the host port. Unset: learned from the source
+    /// MAC of frames the host port sends.
+    pub host_mac: Option<MacAddr>,
+    /// Connection descriptors per host (split evenly among the workers).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// A TCP descriptor idle this long is freed.
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_s: u32,
+    /// A UDP flow idle this long is forgotten.
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle_timeout_s: u32,
+    /// After a FIN, the descriptor lives this long past the last packet.
+    #[serde(default = "default_close_wait")]
+    pub tcp_close_wait_s: u32,
+}
+
+fn default_max_connections() -> u32 {
+    262_144
+}
+fn default_tcp_idle() -> u32 {
+    3600
+}
+fn default_udp_idle() -> u32 {
+    30
+}
+fn default_close_wait() -> u32 {
+    10
+}
+
+/// A MAC address written `02:00:5e:10:00:01` or `02-00-5E-10-00-01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub EthernetAddress);
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.parse::<EthernetAddress>() {
+            Ok(a) if !a.is_multicast() => Ok(MacAddr(a)),
+            _ => Err(de::Error::invalid_value(
+                de::Unexpected::Str(&s),
+                &"a unicast MAC address such as \"02:00:5e:10:00:01\"",
+            )),
+        }
+    }
 }
 
 fn default_workers() -> u16 {
@@ -107,7 +373,7 @@ pub enum ConfigError {
     #[error("config {path}: {key} = {value}: {allowed}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         value: String,
         allowed: String,
     },
@@ -133,9 +399,9 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, value: String, allowed: String| ConfigError::Invalid {
+        let invalid = |key: &str, value: String, allowed: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            key,
+            key: key.to_string(),
             value,
             allowed,
         };
@@ -166,7 +432,287 @@ impl Config {
                 ));
             }
         }
+        if dp.max_connections < 1024 || dp.max_connections > 64 << 20 {
+            return Err(invalid(
+                "[dataplane] max_connections",
+                dp.max_connections.to_string(),
+                "must be between 1024 and 67108864".into(),
+            ));
+        }
+        for (key, v) in [
+            ("[dataplane] tcp_idle_timeout_s", dp.tcp_idle_timeout_s),
+            ("[dataplane] udp_idle_timeout_s", dp.udp_idle_timeout_s),
+            ("[dataplane] tcp_close_wait_s", dp.tcp_close_wait_s),
+        ] {
+            if !(1..=86_400).contains(&v) {
+                return Err(invalid(
+                    key,
+                    v.to_string(),
+                    "must be between 1 and 86400 seconds".into(),
+                ));
+            }
+        }
+        self.validate_cluster(path)
+    }
+
+    fn validate_cluster(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, value: String, allowed: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value,
+            allowed,
+        };
+        let Some(cluster) = &self.cluster else {
+            if self.host.is_some() || !self.port_rules.is_empty() {
+                return Err(invalid(
+                    "[cluster]".into(),
+                    "missing".into(),
+                    "[host] and [[port_rule]] need a [cluster] table with at least ip".into(),
+                ));
+            }
+            return Ok(());
+        };
+        let Some(host) = &self.host else {
+            return Err(invalid(
+                "[host]".into(),
+                "missing".into(),
+                "a cluster member needs [host] priority (1..=32)".into(),
+            ));
+        };
+        let unicast = |a: IpAddr| match a {
+            IpAddr::V4(v) => {
+                !(v.is_unspecified() || v.is_broadcast() || v.is_multicast() || v.is_loopback())
+            }
+            IpAddr::V6(v) => !(v.is_unspecified() || v.is_multicast() || v.is_loopback()),
+        };
+        if !unicast(IpAddr::V4(cluster.ip)) {
+            return Err(invalid(
+                "[cluster] ip".into(),
+                format!("\"{}\"", cluster.ip),
+                "must be a unicast IPv4 address".into(),
+            ));
+        }
+        let mask = u32::from(cluster.mask);
+        if mask == 0 || mask.leading_ones() + mask.trailing_zeros() != 32 {
+            return Err(invalid(
+                "[cluster] mask".into(),
+                format!("\"{}\"", cluster.mask),
+                "must be a contiguous subnet mask such as \"255.255.255.0\"".into(),
+            ));
+        }
+        if cluster.vips.len() > MAX_EXTRA_VIPS {
+            return Err(invalid(
+                "[cluster] vips".into(),
+                format!("{} addresses", cluster.vips.len()),
+                format!("at most {MAX_EXTRA_VIPS} extra virtual IPs"),
+            ));
+        }
+        let mut seen = vec![IpAddr::V4(cluster.ip)];
+        for vip in &cluster.vips {
+            if !unicast(*vip) {
+                return Err(invalid(
+                    "[cluster] vips".into(),
+                    format!("\"{vip}\""),
+                    "every virtual IP must be a unicast address".into(),
+                ));
+            }
+            if seen.contains(vip) {
+                return Err(invalid(
+                    "[cluster] vips".into(),
+                    format!("\"{vip}\""),
+                    "duplicate virtual IP (the primary cluster IP counts too)".into(),
+                ));
+            }
+            seen.push(*vip);
+        }
+        if host.priority == 0 || host.priority > MAX_HOSTS {
+            return Err(invalid(
+                "[host] priority".into(),
+                host.priority.to_string(),
+                format!("must be between 1 and {MAX_HOSTS}"),
+            ));
+        }
+        if let Some(dip) = host.dedicated_ip {
+            if seen.contains(&dip) || !unicast(dip) {
+                return Err(invalid(
+                    "[host] dedicated_ip".into(),
+                    format!("\"{dip}\""),
+                    "must be a unicast address of this host, not a virtual IP".into(),
+                ));
+            }
+        }
+        if let Some(members) = &cluster.members {
+            let mut sorted = members.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if members.is_empty()
+                || sorted.len() != members.len()
+                || members.iter().any(|&m| m == 0 || m > MAX_HOSTS)
+            {
+                return Err(invalid(
+                    "[cluster] members".into(),
+                    format!("{members:?}"),
+                    format!("host priorities 1..={MAX_HOSTS}, each once"),
+                ));
+            }
+            if !members.contains(&host.priority) {
+                return Err(invalid(
+                    "[cluster] members".into(),
+                    format!("{members:?}"),
+                    format!("must include this host's priority {}", host.priority),
+                ));
+            }
+        }
+        if self.port_rules.len() > filter::MAX_RULES {
+            return Err(invalid(
+                "[[port_rule]]".into(),
+                format!("{} rules", self.port_rules.len()),
+                format!("at most {} port rules", filter::MAX_RULES),
+            ));
+        }
+        for (i, r) in self.port_rules.iter().enumerate() {
+            let key = |k: &str| format!("[[port_rule]] #{} {k}", i + 1);
+            if let VipSpec::Addr(a) = r.vip {
+                if !seen.contains(&a) {
+                    return Err(invalid(
+                        key("vip"),
+                        format!("\"{a}\""),
+                        "must be \"all\", [cluster] ip or one of [cluster] vips".into(),
+                    ));
+                }
+            }
+            match (r.mode, r.handling_priority) {
+                (ModeConfig::Single, None) => {
+                    return Err(invalid(
+                        key("handling_priority"),
+                        "missing".into(),
+                        "mode = \"single\" needs handling_priority 1..=32 (unique per host)".into(),
+                    ))
+                }
+                (ModeConfig::Single, Some(h)) if h == 0 || h > MAX_HOSTS => {
+                    return Err(invalid(
+                        key("handling_priority"),
+                        h.to_string(),
+                        format!("must be between 1 and {MAX_HOSTS}"),
+                    ))
+                }
+                (ModeConfig::Multiple | ModeConfig::Disabled, Some(h)) => {
+                    return Err(invalid(
+                        key("handling_priority"),
+                        h.to_string(),
+                        "only mode = \"single\" rules have a handling priority".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if r.mode != ModeConfig::Multiple {
+                if let Some(w) = r.load_weight {
+                    return Err(invalid(
+                        key("load_weight"),
+                        format!("{w:?}"),
+                        "only mode = \"multiple\" rules have a load weight".into(),
+                    ));
+                }
+            }
+            for (j, other) in self.port_rules[..i].iter().enumerate() {
+                let ports_overlap =
+                    r.ports.first <= other.ports.last && other.ports.first <= r.ports.last;
+                if r.vip == other.vip && ports_overlap && r.protocol().overlaps(other.protocol()) {
+                    return Err(invalid(
+                        key("ports"),
+                        format!("\"{}\"", r.ports),
+                        format!(
+                            "overlaps [[port_rule]] #{} (ports {}, protocol {:?}, same vip); port rules must not overlap",
+                            j + 1,
+                            other.ports,
+                            other.protocol
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The cluster's port rules: the configured ones, or NLB's default rule (every port, both
+    /// protocols, multiple hosts, single affinity, equal load) when none is configured.
+    pub fn effective_port_rules(&self) -> Vec<PortRuleConfig> {
+        if self.port_rules.is_empty() {
+            vec![PortRuleConfig {
+                vip: VipSpec::All,
+                ports: PortRange::default(),
+                protocol: ProtocolConfig::Both,
+                mode: ModeConfig::Multiple,
+                affinity: AffinityConfig::Single,
+                load_weight: None,
+                handling_priority: None,
+            }]
+        } else {
+            self.port_rules.clone()
+        }
+    }
+
+    /// What the data plane's filter needs, or `None` in pass-through mode.
+    pub fn filter_spec(&self) -> Option<FilterSpec> {
+        let cluster = self.cluster.as_ref()?;
+        let mut vips = vec![IpAddr::V4(cluster.ip)];
+        vips.extend(cluster.vips.iter().copied());
+        Some(FilterSpec {
+            cluster_ip: cluster.ip,
+            vips,
+            dedicated: self
+                .host
+                .as_ref()
+                .and_then(|h| h.dedicated_ip)
+                .into_iter()
+                .collect(),
+            rules: self
+                .effective_port_rules()
+                .iter()
+                .map(PortRuleConfig::to_rule)
+                .collect(),
+        })
+    }
+}
+
+impl PortRuleConfig {
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol {
+            ProtocolConfig::Tcp => Protocol::Tcp,
+            ProtocolConfig::Udp => Protocol::Udp,
+            ProtocolConfig::Both => Protocol::Both,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode {
+            ModeConfig::Multiple => Mode::Multiple,
+            ModeConfig::Single => Mode::Single,
+            ModeConfig::Disabled => Mode::Disabled,
+        }
+    }
+
+    pub fn to_rule(&self) -> PortRule {
+        PortRule {
+            vip: match self.vip {
+                VipSpec::All => RuleVip::All,
+                VipSpec::Addr(a) => RuleVip::Addr(a),
+            },
+            first_port: self.ports.first,
+            last_port: self.ports.last,
+            protocol: self.protocol(),
+            mode: self.mode(),
+            affinity: match self.affinity {
+                AffinityConfig::None => Affinity::None,
+                AffinityConfig::Single => Affinity::Single,
+                AffinityConfig::Network => Affinity::Network,
+            },
+        }
+    }
+
+    /// This host's load weight for the rule (multiple-host rules; "equal" when unset).
+    pub fn weight(&self) -> u8 {
+        self.load_weight.unwrap_or(LoadWeight::Equal).value()
     }
 }
 
@@ -235,5 +781,170 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port id"), "{e}");
+    }
+
+    const BASE: &str = "[dataplane]\ncluster_port = 0\nhost_port = 1\n";
+
+    fn cluster(extra: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.10\"\nvips = [\"192.0.2.20\", \"2001:db8::10\"]\nmembers = [1, 2, 3]\n[host]\npriority = 2\ndedicated_ip = \"192.0.2.12\"\n{extra}"
+        ))
+    }
+
+    fn err(extra: &str) -> String {
+        cluster(extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn full_cluster_config_is_accepted() {
+        let c = cluster(
+            "[[port_rule]]\nvip = \"all\"\nports = \"80\"\nprotocol = \"tcp\"\naffinity = \"none\"\nload_weight = 70\n\
+             [[port_rule]]\nvip = \"192.0.2.20\"\nports = \"1024-65535\"\nmode = \"single\"\nhandling_priority = 4\n\
+             [[port_rule]]\nports = 23\nmode = \"disabled\"\n",
+        )
+        .unwrap();
+        let spec = c.filter_spec().unwrap();
+        assert_eq!(spec.vips.len(), 3);
+        assert_eq!(spec.rules.len(), 3);
+        assert_eq!(spec.rules[0].affinity, Affinity::None);
+        assert_eq!(spec.rules[1].mode, Mode::Single);
+        assert_eq!(
+            (spec.rules[2].first_port, spec.rules[2].last_port),
+            (23, 23)
+        );
+        assert_eq!(c.port_rules[0].weight(), 70);
+        assert_eq!(
+            spec.dedicated,
+            vec!["192.0.2.12".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn no_port_rule_means_the_default_rule() {
+        let c = cluster("").unwrap();
+        let rules = c.filter_spec().unwrap().rules;
+        assert_eq!(rules.len(), 1);
+        assert_eq!((rules[0].first_port, rules[0].last_port), (0, 65535));
+        assert_eq!(rules[0].protocol, Protocol::Both);
+        assert_eq!(rules[0].affinity, Affinity::Single);
+    }
+
+    #[test]
+    fn overlapping_rules_are_refused_naming_both() {
+        let e = err("[[port_rule]]\nports = \"80-90\"\nprotocol = \"tcp\"\n[[port_rule]]\nports = \"85\"\nprotocol = \"both\"\n");
+        assert!(e.contains("[[port_rule]] #2 ports = \"85-85\""), "{e}");
+        assert!(e.contains("overlaps [[port_rule]] #1"), "{e}");
+        // Same ports, other protocol: fine. Same ports, other VIP: fine.
+        cluster("[[port_rule]]\nports = \"80\"\nprotocol = \"tcp\"\n[[port_rule]]\nports = \"80\"\nprotocol = \"udp\"\n").unwrap();
+        cluster(
+            "[[port_rule]]\nports = \"80\"\n[[port_rule]]\nvip = \"192.0.2.20\"\nports = \"80\"\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn too_many_rules_are_refused() {
+        let rules: String = (0..33)
+            .map(|i| format!("[[port_rule]]\nports = {}\n", 1000 + i))
+            .collect();
+        let e = err(&rules);
+        assert!(e.contains("at most 32 port rules"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_and_bad_addresses_are_refused() {
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.10\"\nvips = [\"192.0.2.10\"]\n[host]\npriority = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("duplicate virtual IP"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.300\"\n[host]\npriority = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ip"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"224.0.0.1\"\n[host]\npriority = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[cluster] ip = \"224.0.0.1\": must be a unicast IPv4 address"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.10\"\nmask = \"255.0.255.0\"\n[host]\npriority = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("contiguous subnet mask"), "{e}");
+        let e = err("[[port_rule]]\nvip = \"192.0.2.99\"\n");
+        assert!(e.contains("#1 vip = \"192.0.2.99\""), "{e}");
+    }
+
+    #[test]
+    fn host_and_members_are_checked() {
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.10\"\n[host]\npriority = 33\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[host] priority = 33: must be between 1 and 32"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.10\"\nmembers = [1, 3]\n[host]\npriority = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("must include this host's priority 2"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[cluster]\nip = \"192.0.2.10\"\nmembers = [1, 1]\n[host]\npriority = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("each once"), "{e}");
+        let e = parse(&format!("{BASE}[cluster]\nip = \"192.0.2.10\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[host]"), "{e}");
+        let e = parse(&format!("{BASE}[host]\npriority = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("need a [cluster]"), "{e}");
+    }
+
+    #[test]
+    fn rule_fields_are_checked() {
+        let e = err("[[port_rule]]\nmode = \"single\"\n");
+        assert!(e.contains("#1 handling_priority = missing"), "{e}");
+        let e = err("[[port_rule]]\nhandling_priority = 3\n");
+        assert!(e.contains("only mode = \"single\""), "{e}");
+        let e = err("[[port_rule]]\nload_weight = 101\n");
+        assert!(e.contains("load weight"), "{e}");
+        let e = err("[[port_rule]]\nports = \"90-80\"\n");
+        assert!(e.contains("first <= last"), "{e}");
+        let e = err("[[port_rule]]\nprotocol = \"sctp\"\n");
+        assert!(e.contains("tcp") && e.contains("udp"), "{e}");
+        let e = err("[[port_rule]]\naffinity = \"class_c\"\n");
+        assert!(e.contains("network"), "{e}");
+        let c = cluster("[[port_rule]]\nload_weight = \"equal\"\n").unwrap();
+        assert_eq!(c.port_rules[0].weight(), 50);
+    }
+
+    #[test]
+    fn host_mac_must_be_unicast() {
+        let c = parse(&format!("{BASE}host_mac = \"02-00-5E-10-00-01\"\n")).unwrap();
+        assert_eq!(
+            c.dataplane.host_mac.unwrap().0.to_string(),
+            "02:00:5e:10:00:01"
+        );
+        let e = parse(&format!("{BASE}host_mac = \"01:00:5e:00:00:01\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unicast MAC"), "{e}");
     }
 }

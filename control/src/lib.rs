@@ -2,5 +2,6 @@
 //! operator verbs of the `wlbs` binary.
 
 pub mod appliance;
+pub mod assignment;
 pub mod config;
 pub mod pcap;

@@ -110,7 +110,10 @@ mod tests {
     #[test]
     fn rfc1071_example_sums_to_ddf2() {
         // RFC 1071 section 3: the bytes 00 01 f2 03 f4 f5 f6 f7 sum to 0xddf2.
-        assert_eq!(data(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0xddf2);
+        assert_eq!(
+            data(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0xddf2
+        );
     }
 
     #[test]
@@ -122,7 +125,11 @@ mod tests {
 
     #[test]
     fn word_sum_agrees_with_reference_for_every_remainder() {
-        let bytes: Vec<u8> = (0..=255u8).cycle().take(1503).map(|b| b.wrapping_mul(37)).collect();
+        let bytes: Vec<u8> = (0..=255u8)
+            .cycle()
+            .take(1503)
+            .map(|b| b.wrapping_mul(37))
+            .collect();
         for len in 0..bytes.len() {
             assert_eq!(data(&bytes[..len]), reference(&bytes[..len]), "len {len}");
         }
@@ -135,12 +142,16 @@ mod tests {
     }
 
     #[test]
-    fn combine_equals_sum_of_concatenation() {
-        let a = [0x45, 0x00, 0x00, 0x3c, 0x1c];
-        let b = [0x46, 0x40, 0x00];
-        // Only valid when the split point is at an even offset.
-        let whole: Vec<u8> = a[..4].iter().chain(&a[4..]).chain(&b).copied().collect();
-        assert_eq!(combine(&[data(&a[..4]), data(&whole[4..])]), data(&whole));
+    fn combine_of_parts_split_at_even_offsets_equals_sum_of_whole() {
+        let whole = [0x45, 0x00, 0x00, 0x3c, 0x1c, 0x46, 0x40, 0x00, 0x40];
+        assert_eq!(
+            combine(&[data(&whole[..4]), data(&whole[4..])]),
+            data(&whole)
+        );
+        assert_eq!(
+            combine(&[data(&whole[..8]), data(&whole[8..])]),
+            data(&whole)
+        );
     }
 
     #[test]
@@ -159,7 +170,10 @@ mod tests {
         v6.extend_from_slice(&d6.octets());
         v6.extend_from_slice(&70000u32.to_be_bytes());
         v6.extend_from_slice(&[0, 0, 0, 58]);
-        assert_eq!(pseudo_header_v6(s6, d6, IpProtocol::ICMPV6, 70000), data(&v6));
+        assert_eq!(
+            pseudo_header_v6(s6, d6, IpProtocol::ICMPV6, 70000),
+            data(&v6)
+        );
         assert_eq!(
             PseudoHeader::V6 { src: s6, dst: d6 }.sum(IpProtocol::ICMPV6, 70000),
             data(&v6)

@@ -59,8 +59,8 @@ pub(crate) type Field = core::ops::Range<usize>;
 /// Everything from a fixed offset to the end of the header or buffer.
 pub(crate) type Rest = core::ops::RangeFrom<usize>;
 
-// The readers index with the field's start; callers only use them on ranges that
-// `check_len` has already proven to be inside the buffer.
+// Big-endian field access. These index the buffer directly: the views call them only
+// for fields that `check_len` has proven lie inside it.
 
 #[inline]
 pub(crate) fn read_u16(data: &[u8], field: Field) -> u16 {

@@ -1,0 +1,528 @@
+//! The verdict for one frame: parse just enough, find the rule, hash the bucket, and decide
+//! from the table and this worker's connection descriptors. Pure code over bytes (no DPDK), so
+//! the appliance's workers and `wlbs filter` run exactly the same decisions.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use super::frag::{DatagramKey, FragmentTable};
+use super::hash;
+use super::table::{FilterTable, RuleEntry, Transport, VipSlot};
+use super::{Mode, Reason, Verdict, BUCKETS, MAX_RULES};
+use crate::conn::{ConnKind, ConnectionCounts, ConnectionTable, FlowKey, Timeouts};
+use crate::wire::{ethernet, icmp, icmpv6, ipv4, ipv6, EtherType, IpProtocol};
+
+/// The verdict and, for `--explain`, where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Index of the port rule that decided, if one did.
+    pub rule: Option<u8>,
+    /// The bucket, for multiple-host rules.
+    pub bucket: Option<u8>,
+}
+
+impl Decision {
+    fn of(verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            rule: None,
+            bucket: None,
+        }
+    }
+}
+
+/// Verdict counters of one worker, by reason, and accepted packets per rule and bucket.
+/// Single writer (the worker); readers sum them whenever they like.
+pub struct FilterCounters {
+    verdicts: [AtomicU64; Reason::COUNT],
+    accepted: Box<[AtomicU64]>,
+    held: AtomicU64,
+}
+
+impl Default for FilterCounters {
+    fn default() -> Self {
+        FilterCounters {
+            verdicts: std::array::from_fn(|_| AtomicU64::new(0)),
+            accepted: (0..MAX_RULES * BUCKETS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            held: AtomicU64::new(0),
+        }
+    }
+}
+
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+impl FilterCounters {
+    pub fn verdicts(&self, reason: Reason) -> u64 {
+        self.verdicts[reason as usize].load(Relaxed)
+    }
+
+    /// Packets accepted under `rule` in `bucket`.
+    pub fn accepted(&self, rule: u8, bucket: u8) -> u64 {
+        self.accepted
+            .get(rule as usize * BUCKETS + bucket as usize)
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Fragments that had to wait for their first fragment.
+    pub fn held(&self) -> u64 {
+        self.held.load(Relaxed)
+    }
+
+    /// Counts a final verdict (the worker calls this once per frame, held ones when released).
+    #[inline]
+    pub fn count(&self, d: &Decision) {
+        match d.verdict {
+            Verdict::Hold => bump(&self.held),
+            v => {
+                if let Some(r) = v.reason() {
+                    bump(&self.verdicts[r as usize]);
+                }
+                if let (Verdict::Accept(_), Some(rule), Some(bucket)) = (v, d.rule, d.bucket) {
+                    if let Some(c) = self.accepted.get(rule as usize * BUCKETS + bucket as usize) {
+                        bump(c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One worker's filter state: its connection descriptors and first-fragment verdicts.
+pub struct Filter {
+    conns: ConnectionTable,
+    frags: FragmentTable,
+    counters: Arc<FilterCounters>,
+}
+
+/// The client side of a flow, as the bucket hash and the descriptors see it.
+#[derive(Clone, Copy)]
+enum Client {
+    V4(u32),
+    V6(u128),
+}
+
+impl Filter {
+    /// `max_connections` descriptors for this worker; `seed` randomises descriptor slots.
+    pub fn new(max_connections: usize, timeouts: Timeouts, seed: u64) -> Filter {
+        Filter {
+            conns: ConnectionTable::new(max_connections, timeouts, seed),
+            frags: FragmentTable::default(),
+            counters: Arc::new(FilterCounters::default()),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<FilterCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    pub fn connection_counts(&self) -> Arc<ConnectionCounts> {
+        self.conns.counts()
+    }
+
+    pub fn connections(&mut self) -> &mut ConnectionTable {
+        &mut self.conns
+    }
+
+    pub fn fragments(&self) -> &FragmentTable {
+        &self.frags
+    }
+
+    /// Frees descriptors idle past their timeout, looking at `budget` slots.
+    #[inline]
+    pub fn expire(&mut self, now_ms: u32, budget: usize) -> usize {
+        self.conns.expire(now_ms, budget)
+    }
+
+    /// Decides what happens to `frame` (an Ethernet frame from the cluster port).
+    pub fn classify(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Decision {
+        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+            return Decision::of(Verdict::Drop(Reason::Malformed));
+        };
+        let mut ethertype = eth.ethertype();
+        let mut payload = eth.payload();
+        // Up to two VLAN tags (802.1Q, 802.1ad): classified like untagged frames.
+        for _ in 0..2 {
+            if !ethertype.is_vlan_tag() {
+                break;
+            }
+            if payload.len() < 4 {
+                return Decision::of(Verdict::Drop(Reason::Malformed));
+            }
+            ethertype = EtherType(u16::from_be_bytes([payload[2], payload[3]]));
+            payload = &payload[4..];
+        }
+        match ethertype {
+            EtherType::IPV4 => self.classify_ipv4(t, payload, now_ms),
+            EtherType::IPV6 => self.classify_ipv6(t, payload, now_ms),
+            _ => Decision::of(Verdict::Pass(Reason::NotIp)),
+        }
+    }
+
+    fn classify_ipv4(&mut self, t: &FilterTable, packet: &[u8], now_ms: u32) -> Decision {
+        let Ok(ip) = ipv4::Packet::new_checked(packet) else {
+            return Decision::of(Verdict::Drop(Reason::Malformed));
+        };
+        let dst = u32::from(ip.dst_addr());
+        let Some(vip) = t.vip4(dst) else {
+            let reason = if t.is_dedicated4(dst) {
+                Reason::DedicatedIp
+            } else {
+                Reason::NotVip
+            };
+            return Decision::of(Verdict::Pass(reason));
+        };
+        if !t.running {
+            return Decision::of(Verdict::Drop(Reason::HostStopped));
+        }
+        let src = u32::from(ip.src_addr());
+        let protocol = ip.protocol();
+        let l4 = ip.payload();
+        let datagram = ip.is_fragment().then(|| DatagramKey {
+            src: src as u128,
+            dst: dst as u128,
+            id: ip.ident() as u32,
+            protocol: protocol.0,
+        });
+        self.fragment_aware(datagram, ip.frag_offset() != 0, now_ms, |f| {
+            f.classify_transport(t, vip, Client::V4(src), dst as u128, protocol, l4, now_ms)
+        })
+    }
+
+    fn classify_ipv6(&mut self, t: &FilterTable, packet: &[u8], now_ms: u32) -> Decision {
+        let Ok(ip) = ipv6::Packet::new_checked(packet) else {
+            return Decision::of(Verdict::Drop(Reason::Malformed));
+        };
+        let dst = u128::from(ip.dst_addr());
+        let Some(vip) = t.vip6(dst) else {
+            let reason = if t.is_dedicated6(dst) {
+                Reason::DedicatedIp
+            } else {
+                Reason::NotVip
+            };
+            return Decision::of(Verdict::Pass(reason));
+        };
+        if !t.running {
+            return Decision::of(Verdict::Drop(Reason::HostStopped));
+        }
+        let Ok(upper) = ip.upper_layer() else {
+            return Decision::of(Verdict::Drop(Reason::Malformed));
+        };
+        let src = u128::from(ip.src_addr());
+        let l4 = ip.upper_layer_payload(&upper);
+        let datagram = upper.fragment.map(|f| DatagramKey {
+            src,
+            dst,
+            id: f.ident,
+            protocol: upper.protocol.0,
+        });
+        let later = upper.fragment.is_some_and(|f| f.offset != 0);
+        self.fragment_aware(datagram, later, now_ms, |f| {
+            f.classify_transport(t, vip, Client::V6(src), dst, upper.protocol, l4, now_ms)
+        })
+    }
+
+    /// Fragments: the first decides and is remembered; later ones follow, or wait.
+    #[inline]
+    fn fragment_aware(
+        &mut self,
+        datagram: Option<DatagramKey>,
+        later_fragment: bool,
+        now_ms: u32,
+        decide: impl FnOnce(&mut Filter) -> Decision,
+    ) -> Decision {
+        match datagram {
+            None => decide(self),
+            Some(key) if later_fragment => match self.frags.lookup(&key, now_ms) {
+                Some(v) => Decision::of(follow(v)),
+                None => Decision::of(Verdict::Hold),
+            },
+            Some(key) => {
+                let d = decide(self);
+                self.frags.record(key, d.verdict, now_ms);
+                d
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn classify_transport(
+        &mut self,
+        t: &FilterTable,
+        vip: VipSlot,
+        client: Client,
+        vip_addr: u128,
+        protocol: IpProtocol,
+        l4: &[u8],
+        now_ms: u32,
+    ) -> Decision {
+        match protocol {
+            IpProtocol::TCP => {
+                // Ports and flags: the first 14 bytes of the header.
+                if l4.len() < 14 {
+                    return Decision::of(Verdict::Drop(Reason::Malformed));
+                }
+                let flags = l4[13];
+                let segment = Segment::Tcp {
+                    syn: flags & 0x02 != 0 && flags & 0x10 == 0,
+                    fin: flags & 0x01 != 0,
+                    rst: flags & 0x04 != 0,
+                };
+                let (cport, sport) = ports(l4);
+                self.classify_flow(t, vip, client, vip_addr, cport, sport, segment, now_ms)
+            }
+            IpProtocol::UDP => {
+                if l4.len() < 8 {
+                    return Decision::of(Verdict::Drop(Reason::Malformed));
+                }
+                let (cport, sport) = ports(l4);
+                self.classify_flow(t, vip, client, vip_addr, cport, sport, Segment::Udp, now_ms)
+            }
+            IpProtocol::ICMP | IpProtocol::ICMPV6 => {
+                self.classify_icmp(t, vip, client, vip_addr, protocol, l4, now_ms)
+            }
+            _ => default_host(t),
+        }
+    }
+
+    /// ICMP errors about a flow go where the flow goes: hash the quoted header. Echo and
+    /// everything else go to the default host, so exactly one host answers.
+    #[allow(clippy::too_many_arguments)]
+    fn classify_icmp(
+        &mut self,
+        t: &FilterTable,
+        vip: VipSlot,
+        client: Client,
+        vip_addr: u128,
+        protocol: IpProtocol,
+        l4: &[u8],
+        now_ms: u32,
+    ) -> Decision {
+        if l4.len() < 8 {
+            return Decision::of(Verdict::Drop(Reason::Malformed));
+        }
+        let is_error = if protocol == IpProtocol::ICMP {
+            icmp::Message(l4[0]).is_error()
+        } else {
+            icmpv6::Message(l4[0]).is_error()
+        };
+        if !is_error {
+            return default_host(t);
+        }
+        // The quoted packet is one the cluster sent: source = VIP, destination = the client.
+        let quoted = &l4[8..];
+        let (q_src, q_dst, q_proto, q_l4) = match client {
+            Client::V4(_) => {
+                let Ok(q) = ipv4::Packet::new_checked_truncated(quoted) else {
+                    return Decision::of(Verdict::Drop(Reason::Malformed));
+                };
+                if q.frag_offset() != 0 {
+                    return default_host(t);
+                }
+                let header_len = q.header_len();
+                (
+                    u32::from(q.src_addr()) as u128,
+                    Client::V4(u32::from(q.dst_addr())),
+                    q.protocol(),
+                    quoted.get(header_len..).unwrap_or_default(),
+                )
+            }
+            Client::V6(_) => {
+                let Ok(q) = ipv6::Packet::new_checked_truncated(quoted) else {
+                    return Decision::of(Verdict::Drop(Reason::Malformed));
+                };
+                let Ok(upper) = q.upper_layer() else {
+                    return default_host(t);
+                };
+                if upper.fragment.is_some_and(|f| f.offset != 0) {
+                    return default_host(t);
+                }
+                (
+                    u128::from(q.src_addr()),
+                    Client::V6(u128::from(q.dst_addr())),
+                    upper.protocol,
+                    quoted.get(upper.offset..).unwrap_or_default(),
+                )
+            }
+        };
+        if q_src != vip_addr || q_l4.len() < 4 {
+            return default_host(t);
+        }
+        // Quoted from the server's side: its source port is the server port.
+        let (sport, cport) = ports(q_l4);
+        let segment = match q_proto {
+            IpProtocol::TCP => Segment::QuotedTcp,
+            IpProtocol::UDP => Segment::QuotedUdp,
+            _ => return default_host(t),
+        };
+        self.classify_flow(t, vip, q_dst, vip_addr, cport, sport, segment, now_ms)
+    }
+
+    /// A TCP/UDP packet (or an ICMP error about one) to a VIP.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn classify_flow(
+        &mut self,
+        t: &FilterTable,
+        vip: VipSlot,
+        client: Client,
+        vip_addr: u128,
+        client_port: u16,
+        server_port: u16,
+        segment: Segment,
+        now_ms: u32,
+    ) -> Decision {
+        let transport = segment.transport();
+        let Some(rule_index) = t.rule_for(vip, transport, server_port) else {
+            return default_host(t);
+        };
+        let rule: &RuleEntry = t.rule(rule_index);
+        let decided = |verdict, bucket| Decision {
+            verdict,
+            rule: Some(rule_index),
+            bucket,
+        };
+        match rule.mode {
+            Mode::Disabled => return decided(Verdict::Drop(Reason::RuleDisabled), None),
+            Mode::Single => {
+                let v = if rule.ownership.handler {
+                    Verdict::Accept(Reason::SingleHost)
+                } else {
+                    Verdict::Drop(Reason::NotHandler)
+                };
+                return decided(v, None);
+            }
+            Mode::Multiple => {}
+        }
+        let bucket = match client {
+            Client::V4(a) => hash::bucket_v4(t.seed, rule.affinity, a, client_port, server_port),
+            Client::V6(a) => hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port),
+        };
+        let bit = 1u64 << bucket;
+        let own = rule.ownership;
+        let ours = (own.owned | own.incoming | own.outgoing) & bit != 0;
+        let key = FlowKey {
+            client: match client {
+                Client::V4(a) => crate::conn::ipv4_mapped(a.into()),
+                Client::V6(a) => a,
+            },
+            vip: match client {
+                Client::V4(_) => crate::conn::ipv4_mapped((vip_addr as u32).into()),
+                Client::V6(_) => vip_addr,
+            },
+            client_port,
+            server_port,
+            protocol: match transport {
+                Transport::Tcp => 6,
+                Transport::Udp => 17,
+            },
+        };
+
+        // A connection we hold a descriptor for stays ours while the bucket is ours in any
+        // way; once the hand-off has completed elsewhere the descriptor is stale.
+        if self.conns.lookup(&key, now_ms).is_some() {
+            if !ours {
+                self.conns.remove(&key);
+                return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
+            }
+            match segment {
+                Segment::Tcp { rst: true, .. } => {
+                    self.conns.remove(&key);
+                }
+                Segment::Tcp { fin: true, .. } => {
+                    self.conns.close(&key, now_ms);
+                }
+                _ => {}
+            }
+            return decided(Verdict::Accept(Reason::Descriptor), Some(bucket));
+        }
+
+        let verdict = if own.owned & bit != 0 {
+            if segment.opens() {
+                let kind = match transport {
+                    Transport::Tcp => ConnKind::Tcp,
+                    Transport::Udp => ConnKind::Udp,
+                };
+                // A full table is counted by the table; the connection still gets the
+                // bucket's verdict.
+                let _ = self.conns.insert(&key, rule_index, bucket, kind, now_ms);
+            }
+            Verdict::Accept(Reason::BucketOwned)
+        } else if own.incoming & bit != 0 {
+            if let Segment::Tcp { syn: true, .. } = segment {
+                let _ = self
+                    .conns
+                    .insert(&key, rule_index, bucket, ConnKind::Tcp, now_ms);
+                Verdict::Accept(Reason::NewConnection)
+            } else {
+                Verdict::Drop(Reason::OldOwnerKeeps)
+            }
+        } else if own.outgoing & bit != 0 {
+            match segment {
+                Segment::Udp | Segment::QuotedUdp => Verdict::Accept(Reason::HandOffUdp),
+                _ => Verdict::Drop(Reason::HandedOff),
+            }
+        } else {
+            Verdict::Drop(Reason::NotOwned)
+        };
+        decided(verdict, Some(bucket))
+    }
+}
+
+/// What kind of packet of a flow this is.
+#[derive(Clone, Copy)]
+enum Segment {
+    Tcp {
+        syn: bool,
+        fin: bool,
+        rst: bool,
+    },
+    Udp,
+    /// An ICMP error quoting a TCP/UDP packet of the flow: never opens or closes anything.
+    QuotedTcp,
+    QuotedUdp,
+}
+
+impl Segment {
+    fn transport(self) -> Transport {
+        match self {
+            Segment::Tcp { .. } | Segment::QuotedTcp => Transport::Tcp,
+            Segment::Udp | Segment::QuotedUdp => Transport::Udp,
+        }
+    }
+
+    /// A packet that starts tracking in a bucket we own: a SYN, or any UDP datagram.
+    fn opens(self) -> bool {
+        matches!(self, Segment::Tcp { syn: true, .. } | Segment::Udp)
+    }
+}
+
+#[inline]
+fn ports(l4: &[u8]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    )
+}
+
+fn default_host(t: &FilterTable) -> Decision {
+    Decision::of(if t.default_host {
+        Verdict::Accept(Reason::DefaultHost)
+    } else {
+        Verdict::Drop(Reason::NotDefaultHost)
+    })
+}
+
+/// A later fragment's verdict: its first fragment's, counted as a fragment.
+fn follow(first: Verdict) -> Verdict {
+    match first {
+        Verdict::Accept(_) => Verdict::Accept(Reason::Fragment),
+        Verdict::Pass(_) => Verdict::Pass(Reason::Fragment),
+        Verdict::Drop(_) | Verdict::Hold => Verdict::Drop(Reason::Fragment),
+    }
+}
