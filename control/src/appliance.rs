@@ -8,10 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
 use dpdk::{Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
 use tracing::{info, warn};
-use wlbs_dataplane::worker::{self, Idle, WorkerCounters, WorkerQueues, WorkerReport};
+use wlbs_dataplane::conn::Timeouts;
+use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
+use wlbs_dataplane::worker::{
+    self, FilterWorker, HostMac, Idle, WorkerCounters, WorkerQueues, WorkerReport,
+};
 
+use crate::cluster::ClusterView;
 use crate::config::{Config, PortSpec};
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
@@ -33,6 +39,8 @@ pub struct Summary {
     pub host: PortStats,
     /// Packets forwarded by each worker (both directions).
     pub per_worker: Vec<u64>,
+    /// Filter verdicts (cluster members only): accepted, passed, dropped.
+    pub filter: Option<[u64; 3]>,
 }
 
 impl Summary {
@@ -49,7 +57,7 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "wlbs: stopped after {:.3} s: cluster->host {} packets, host->cluster {} packets, dropped {} (tx full {}, rx missed {}, no mbuf {}); per worker",
+            "wlbs: stopped after {:.3} s: cluster->host {} packets, host->cluster {} packets, dropped {} (tx full {}, rx missed {}, no mbuf {})",
             self.elapsed.as_secs_f64(),
             self.inbound_packets,
             self.outbound_packets,
@@ -58,6 +66,13 @@ impl fmt::Display for Summary {
             self.cluster.rx_missed + self.host.rx_missed,
             self.cluster.rx_nombuf + self.host.rx_nombuf,
         )?;
+        if let Some([accepted, passed, dropped]) = self.filter {
+            write!(
+                f,
+                "; filter accepted {accepted}, passed {passed}, not ours {dropped}"
+            )?;
+        }
+        write!(f, "; per worker")?;
         for (i, n) in self.per_worker.iter().enumerate() {
             write!(f, " {i}:{n}")?;
         }
@@ -266,6 +281,56 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     host.start()
         .with_context(|| format!("starting the host port {}", host.name()))?;
 
+    // The filter: this host's table from the configuration and static membership.
+    let view = ClusterView::from_config(config);
+    let published = view.as_ref().map(|view| {
+        let members = view.static_members(config);
+        let (table, assignment) = view.table(&members, None, 1);
+        let mine: u32 = (0..assignment.rules.len())
+            .map(|r| assignment.buckets_of(r, view.priority).count_ones())
+            .sum();
+        info!(
+            "cluster {}: host {} of static members {:?}{}; {} port rule(s), {} bucket(s) owned here",
+            view.spec.cluster_ip,
+            view.priority,
+            members.iter().map(|m| m.priority).collect::<Vec<_>>(),
+            if table.default_host { ", DEFAULT host" } else { "" },
+            view.modes.len(),
+            mine
+        );
+        Arc::new(ArcSwap::from_pointee(table))
+    });
+    let host_mac = Arc::new(match dp.host_mac {
+        Some(mac) => HostMac::fixed(mac.0 .0),
+        None => HostMac::learned(),
+    });
+    let timeouts = Timeouts {
+        tcp_idle_ms: dp.tcp_idle_timeout_s.saturating_mul(1000),
+        tcp_close_wait_ms: dp.tcp_close_wait_s.saturating_mul(1000),
+        udp_idle_ms: dp.udp_idle_timeout_s.saturating_mul(1000),
+    };
+    let tsc_per_ms = (dpdk::tsc_hz() / 1000).max(1);
+    let per_worker_connections = (dp.max_connections as usize).div_ceil(dp.workers as usize);
+    let mut filter_counters: Vec<Arc<FilterCounters>> = Vec::new();
+    let mut filters: Vec<Option<FilterWorker>> = (0..dp.workers)
+        .map(|i| {
+            published.as_ref().map(|table| {
+                let filter = Filter::new(
+                    per_worker_connections,
+                    timeouts,
+                    dpdk::rdtsc() ^ (i as u64) << 56,
+                );
+                filter_counters.push(filter.counters());
+                FilterWorker {
+                    filter,
+                    table: Arc::clone(table),
+                    host_mac: Arc::clone(&host_mac),
+                    tsc_per_ms,
+                }
+            })
+        })
+        .collect();
+
     let counters: Arc<Vec<WorkerCounters>> =
         Arc::new((0..dp.workers).map(|_| WorkerCounters::default()).collect());
     let worker_stop = Arc::new(AtomicBool::new(false));
@@ -283,8 +348,9 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
         let counters = Arc::clone(&counters);
         let stop_flag = Arc::clone(&worker_stop);
         let reports = Arc::clone(&reports);
+        let filter = filters[i].take();
         let launched = eal.launch(*lcore, move || {
-            let report = worker::run(q, &counters[i], &stop_flag, idle);
+            let report = worker::run(q, &counters[i], &stop_flag, idle, filter);
             if let Ok(mut r) = reports.lock() {
                 r[i] = Some(report);
             }
@@ -340,6 +406,15 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
         summary.tx_full +=
             c.inbound.tx_full.load(Ordering::Relaxed) + c.outbound.tx_full.load(Ordering::Relaxed);
         summary.per_worker.push(inbound + outbound);
+    }
+    if published.is_some() {
+        let mut totals = [0u64; 3];
+        for c in &filter_counters {
+            for (t, n) in totals.iter_mut().zip(c.totals()) {
+                *t += n;
+            }
+        }
+        summary.filter = Some(totals);
     }
     summary.cluster = cluster.stats().unwrap_or_default();
     summary.host = host.stats().unwrap_or_default();

@@ -3,5 +3,7 @@
 
 pub mod appliance;
 pub mod assignment;
+pub mod cluster;
 pub mod config;
 pub mod pcap;
+pub mod replay;

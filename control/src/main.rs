@@ -32,6 +32,27 @@ enum Command {
         #[arg(last = true, value_name = "EAL ARGS")]
         eal: Vec<String>,
     },
+    /// Run the filter over a capture, without DPDK: which frames would this host take?
+    Filter {
+        /// The TOML configuration file (its [cluster], [host] and [[port_rule]] tables).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Live members (host priorities), e.g. 1,2,3. Default: [cluster] members.
+        #[arg(long, value_delimiter = ',')]
+        members: Option<Vec<u8>>,
+        /// Judge as this host priority. Default: [host] priority.
+        #[arg(long)]
+        host: Option<u8>,
+        /// Input capture (pcap, Ethernet).
+        #[arg(long = "in", value_name = "IN.pcap")]
+        input: PathBuf,
+        /// Output capture: the frames this host forwards (accepted and passed).
+        #[arg(long = "out", value_name = "OUT.pcap")]
+        output: PathBuf,
+        /// Print per frame the rule, bucket, owner and verdict.
+        #[arg(long)]
+        explain: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +68,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config, eal } => run(&config, &eal),
+        Command::Filter {
+            config,
+            members,
+            host,
+            input,
+            output,
+            explain,
+        } => filter(&config, members, host, &input, &output, explain),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +84,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn filter(
+    config_path: &std::path::Path,
+    members: Option<Vec<u8>>,
+    host: Option<u8>,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    explain: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let replay = wlbs_control::replay::Replay {
+        config: &config,
+        members,
+        host,
+        explain,
+    };
+    let summary = replay.run(input, output)?;
+    for line in &summary.lines {
+        println!("{line}");
+    }
+    println!(
+        "{} frames: {} accepted, {} passed (not VIP traffic), {} dropped; wrote {} to {}",
+        summary.frames,
+        summary.accepted,
+        summary.passed,
+        summary.dropped,
+        summary.accepted + summary.passed,
+        output.display()
+    );
+    Ok(())
 }
 
 fn run(config_path: &std::path::Path, eal: &[String]) -> anyhow::Result<()> {

@@ -1,15 +1,27 @@
 //! The worker poll loop, one per RX queue of the cluster port, in the shape of DPDK's l2fwd:
-//! receive a burst, handle each packet, send, repeat. Each worker also serves the host port's
+//! receive a burst, judge each packet, send, repeat. Each worker also serves the host port's
 //! queue of the same index, so both directions of a flow stay on one core.
+//!
+//! Inbound (cluster -> host) frames go through the filter when the appliance is a cluster
+//! member; outbound (host -> cluster) frames pass. The filter table is loaded once per burst,
+//! so every packet is judged by exactly one published table.
 //!
 //! Counters live in the worker's own cache lines and are written with relaxed stores by that
 //! worker only; the control thread reads them whenever it likes.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dpdk::{Burst, RxQueue, TxQueue};
+use arc_swap::ArcSwap;
+use dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 use hdrhistogram::Histogram;
+
+use crate::filter::classify::{Decision, Filter};
+use crate::filter::frag::{DatagramKey, HeldFragments};
+use crate::filter::table::FilterTable;
+use crate::filter::{Reason, Verdict};
 
 /// The four queues one worker owns: it polls `cluster_rx` and `host_rx`, and transmits on
 /// `host_tx` and `cluster_tx` (never shared with another thread).
@@ -56,6 +68,64 @@ fn bump(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+/// The host side's MAC: accepted frames are sent to it. Configured, or learned from the source
+/// of frames the host port sends; unknown until then (frames keep their destination).
+pub struct HostMac {
+    /// 0: unknown; else 1 << 48 | the address.
+    value: AtomicU64,
+    fixed: bool,
+}
+
+impl HostMac {
+    pub fn fixed(mac: [u8; 6]) -> HostMac {
+        HostMac {
+            value: AtomicU64::new(1 << 48 | mac_to_u64(&mac)),
+            fixed: true,
+        }
+    }
+
+    pub fn learned() -> HostMac {
+        HostMac {
+            value: AtomicU64::new(0),
+            fixed: false,
+        }
+    }
+
+    pub fn get(&self) -> Option<[u8; 6]> {
+        let v = self.value.load(Relaxed);
+        (v != 0).then(|| {
+            let b = v.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
+    }
+
+    /// Learns from an outbound frame's source MAC (unicast only).
+    #[inline]
+    pub fn learn(&self, frame: &[u8]) {
+        if self.fixed || frame.len() < 12 || frame[6] & 1 != 0 {
+            return;
+        }
+        let v = 1 << 48 | mac_to_u64(&frame[6..12]);
+        if self.value.load(Relaxed) != v {
+            self.value.store(v, Relaxed);
+        }
+    }
+}
+
+fn mac_to_u64(mac: &[u8]) -> u64 {
+    mac.iter().take(6).fold(0u64, |acc, &b| acc << 8 | b as u64)
+}
+
+/// What a filtering worker needs beyond its queues.
+pub struct FilterWorker {
+    pub filter: Filter,
+    /// The table the control thread publishes.
+    pub table: Arc<ArcSwap<FilterTable>>,
+    pub host_mac: Arc<HostMac>,
+    /// TSC ticks per millisecond, for the filter's clock.
+    pub tsc_per_ms: u64,
+}
+
 /// What a worker hands back when it stops.
 pub struct WorkerReport {
     /// Processing time of each non-empty burst, in TSC cycles per packet.
@@ -71,6 +141,8 @@ struct Backoff {
 
 const SPIN_POLLS: u32 = 512;
 const MAX_SLEEP: Duration = Duration::from_micros(500);
+/// Descriptor slots the idle sweep looks at per loop iteration.
+const EXPIRY_BUDGET: usize = 64;
 
 impl Backoff {
     #[inline]
@@ -89,14 +161,17 @@ impl Backoff {
     }
 }
 
-/// Runs the pass-through loop until `stop` is set.
+/// Runs the loop until `stop` is set: pass-through when `filter` is `None`.
 pub fn run(
     mut q: WorkerQueues,
     counters: &WorkerCounters,
     stop: &AtomicBool,
     idle: Idle,
+    mut filter: Option<FilterWorker>,
 ) -> WorkerReport {
     let mut burst = Burst::new();
+    let mut released = Burst::new();
+    let mut held: HeldFragments<Mbuf> = HeldFragments::default();
     let mut backoff = Backoff {
         idle,
         empty_polls: 0,
@@ -104,24 +179,46 @@ pub fn run(
     let mut cycles_per_packet =
         Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).expect("static histogram bounds");
     while !stop.load(Relaxed) {
-        let inbound = forward(
-            &mut q.cluster_rx,
-            &mut q.host_tx,
-            &mut burst,
-            &counters.inbound,
-            &mut cycles_per_packet,
-        );
+        let inbound = match filter.as_mut() {
+            None => forward(
+                &mut q.cluster_rx,
+                &mut q.host_tx,
+                &mut burst,
+                &counters.inbound,
+                &mut cycles_per_packet,
+                |_| {},
+            ),
+            Some(f) => filter_inbound(
+                f,
+                &mut q,
+                &mut burst,
+                &mut released,
+                &mut held,
+                &counters.inbound,
+                &mut cycles_per_packet,
+            ),
+        };
+        let host_mac = filter.as_ref().map(|f| Arc::clone(&f.host_mac));
         let outbound = forward(
             &mut q.host_rx,
             &mut q.cluster_tx,
             &mut burst,
             &counters.outbound,
             &mut cycles_per_packet,
+            |m| {
+                if let Some(h) = &host_mac {
+                    h.learn(m.data());
+                }
+            },
         );
         if inbound + outbound == 0 {
             bump(&counters.idle_polls, 1);
         }
         backoff.on_poll(inbound + outbound);
+    }
+    if let Some(f) = filter.as_ref() {
+        let counters = f.filter.counters();
+        held.drain(|_| counters.count(&Decision::of(Verdict::Drop(Reason::FragmentTimeout))));
     }
     WorkerReport { cycles_per_packet }
 }
@@ -134,19 +231,109 @@ fn forward(
     burst: &mut Burst,
     counters: &DirectionCounters,
     cycles_per_packet: &mut Histogram<u64>,
+    mut inspect: impl FnMut(&Mbuf),
 ) -> usize {
     let n = rx.rx_burst(burst);
     if n == 0 {
         return 0;
     }
     let start = dpdk::rdtsc();
+    if let Some(m) = burst.as_slice().first() {
+        inspect(m);
+    }
+    send(tx, burst, counters);
+    let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
+    cycles_per_packet.saturating_record(per_packet);
+    n
+}
+
+#[inline]
+fn send(tx: &mut TxQueue, burst: &mut Burst, counters: &DirectionCounters) {
     let sent = tx.tx_burst(burst);
     if !burst.is_empty() {
         bump(&counters.tx_full, burst.len() as u64);
         burst.clear();
     }
     bump(&counters.packets, sent as u64);
-    let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
-    cycles_per_packet.saturating_record(per_packet);
+}
+
+/// One burst from the cluster port through the filter to the host port.
+#[inline]
+fn filter_inbound(
+    f: &mut FilterWorker,
+    q: &mut WorkerQueues,
+    burst: &mut Burst,
+    released: &mut Burst,
+    held: &mut HeldFragments<Mbuf>,
+    counters: &DirectionCounters,
+    cycles_per_packet: &mut Histogram<u64>,
+) -> usize {
+    let n = q.cluster_rx.rx_burst(burst);
+    let now_ms = (dpdk::rdtsc() / f.tsc_per_ms) as u32;
+    f.filter.expire(now_ms, EXPIRY_BUDGET);
+    if n > 0 {
+        let start = dpdk::rdtsc();
+        let table = f.table.load();
+        let host_mac = f.host_mac.get();
+        let filter_counters = f.filter.counters();
+        let hold_for: Cell<Option<DatagramKey>> = Cell::new(None);
+        let filter = &mut f.filter;
+        burst.retain_or(
+            |m| {
+                let d = filter.classify(&table, m.data(), now_ms);
+                filter_counters.count(&d);
+                match d.verdict {
+                    Verdict::Accept(_) => {
+                        if let Some(mac) = host_mac {
+                            m.data_mut()[..6].copy_from_slice(&mac);
+                        }
+                        true
+                    }
+                    Verdict::Pass(_) => true,
+                    Verdict::Drop(_) => false,
+                    Verdict::Hold => {
+                        hold_for.set(d.datagram);
+                        false
+                    }
+                }
+            },
+            |m| {
+                if let Some(key) = hold_for.take() {
+                    if held.hold(key, m, now_ms).is_err() {
+                        filter_counters
+                            .count(&Decision::of(Verdict::Drop(Reason::FragmentOverflow)));
+                    }
+                }
+            },
+        );
+        send(&mut q.host_tx, burst, counters);
+        let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
+        cycles_per_packet.saturating_record(per_packet);
+    }
+    if !held.is_empty() {
+        let filter_counters = f.filter.counters();
+        let host_mac = f.host_mac.get();
+        held.release(f.filter.fragments(), now_ms, |mut m, verdict| {
+            let verdict = verdict.unwrap_or(Verdict::Drop(Reason::FragmentTimeout));
+            filter_counters.count(&Decision::of(match verdict {
+                Verdict::Accept(_) => Verdict::Accept(Reason::Fragment),
+                Verdict::Pass(_) => Verdict::Pass(Reason::Fragment),
+                other => other,
+            }));
+            if verdict.forwards() {
+                if let (Verdict::Accept(_), Some(mac)) = (verdict, host_mac) {
+                    m.data_mut()[..6].copy_from_slice(&mac);
+                }
+                if released.is_full() {
+                    send(&mut q.host_tx, released, counters);
+                }
+                // Not full any more: push cannot fail.
+                let _ = released.push(m);
+            }
+        });
+        if !released.is_empty() {
+            send(&mut q.host_tx, released, counters);
+        }
+    }
     n
 }

@@ -20,14 +20,17 @@ pub struct Decision {
     pub rule: Option<u8>,
     /// The bucket, for multiple-host rules.
     pub bucket: Option<u8>,
+    /// For [`Verdict::Hold`]: the datagram whose first fragment is awaited.
+    pub datagram: Option<DatagramKey>,
 }
 
 impl Decision {
-    fn of(verdict: Verdict) -> Decision {
+    pub fn of(verdict: Verdict) -> Decision {
         Decision {
             verdict,
             rule: None,
             bucket: None,
+            datagram: None,
         }
     }
 }
@@ -38,6 +41,8 @@ pub struct FilterCounters {
     verdicts: [AtomicU64; Reason::COUNT],
     accepted: Box<[AtomicU64]>,
     held: AtomicU64,
+    /// Final verdicts by kind: accepted, passed, dropped.
+    kinds: [AtomicU64; 3],
 }
 
 impl Default for FilterCounters {
@@ -48,6 +53,7 @@ impl Default for FilterCounters {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             held: AtomicU64::new(0),
+            kinds: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -69,6 +75,11 @@ impl FilterCounters {
             .map_or(0, |c| c.load(Relaxed))
     }
 
+    /// Final verdicts so far: accepted, passed, dropped.
+    pub fn totals(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.kinds[i].load(Relaxed))
+    }
+
     /// Fragments that had to wait for their first fragment.
     pub fn held(&self) -> u64 {
         self.held.load(Relaxed)
@@ -80,6 +91,12 @@ impl FilterCounters {
         match d.verdict {
             Verdict::Hold => bump(&self.held),
             v => {
+                let kind = match v {
+                    Verdict::Accept(_) => 0,
+                    Verdict::Pass(_) => 1,
+                    _ => 2,
+                };
+                bump(&self.kinds[kind]);
                 if let Some(r) = v.reason() {
                     bump(&self.verdicts[r as usize]);
                 }
@@ -240,7 +257,10 @@ impl Filter {
             None => decide(self),
             Some(key) if later_fragment => match self.frags.lookup(&key, now_ms) {
                 Some(v) => Decision::of(follow(v)),
-                None => Decision::of(Verdict::Hold),
+                None => Decision {
+                    datagram: Some(key),
+                    ..Decision::of(Verdict::Hold)
+                },
             },
             Some(key) => {
                 let d = decide(self);
@@ -386,6 +406,7 @@ impl Filter {
             verdict,
             rule: Some(rule_index),
             bucket,
+            datagram: None,
         };
         match rule.mode {
             Mode::Disabled => return decided(Verdict::Drop(Reason::RuleDisabled), None),
