@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use dpdk::{Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
 use tracing::{info, warn};
-use wlbs_dataplane::conn::Timeouts;
+use wlbs_dataplane::conn::{ConnectionCounts, Timeouts};
 use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
 use wlbs_dataplane::worker::{
     self, FilterWorker, HostMac, Idle, WorkerCounters, WorkerQueues, WorkerReport,
@@ -41,6 +41,8 @@ pub struct Summary {
     pub per_worker: Vec<u64>,
     /// Filter verdicts (cluster members only): accepted, passed, dropped.
     pub filter: Option<[u64; 3]>,
+    /// Connection descriptors at the stop: live, and new connections the full table refused.
+    pub descriptors: Option<(u64, u64)>,
 }
 
 impl Summary {
@@ -71,6 +73,9 @@ impl fmt::Display for Summary {
                 f,
                 "; filter accepted {accepted}, passed {passed}, not ours {dropped}"
             )?;
+        }
+        if let Some((live, full)) = self.descriptors {
+            write!(f, "; descriptors live {live}, table full {full}")?;
         }
         write!(f, "; per worker")?;
         for (i, n) in self.per_worker.iter().enumerate() {
@@ -182,15 +187,17 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     // Enough mbufs to fill every RX and TX ring of both ports, plus the per-lcore caches and a
     // burst in flight per worker.
     let queues = dp.workers as u32;
-    let mbufs = 2 * queues * dp.rx_descriptors as u32
-        + 2 * (queues + 1) * dp.tx_descriptors as u32
-        + (queues + 1) * (MEMPOOL_CACHE + 64)
-        + 1024;
+    let mbufs = dp.mbufs.unwrap_or(
+        2 * queues * dp.rx_descriptors as u32
+            + 2 * (queues + 1) * dp.tx_descriptors as u32
+            + (queues + 1) * (MEMPOOL_CACHE + 64)
+            + 1024,
+    );
     let pool = Mempool::new(
         "wlbs_mbufs",
         mbufs,
         MEMPOOL_CACHE,
-        (2048 + 128) as u16, /* frame room + RTE_PKTMBUF_HEADROOM */
+        dp.mbuf_size,
         cluster.socket(),
     )
     .with_context(|| format!("creating a pool of {mbufs} mbufs"))?;
@@ -312,6 +319,7 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     let tsc_per_ms = (dpdk::tsc_hz() / 1000).max(1);
     let per_worker_connections = (dp.max_connections as usize).div_ceil(dp.workers as usize);
     let mut filter_counters: Vec<Arc<FilterCounters>> = Vec::new();
+    let mut connection_counts: Vec<Arc<ConnectionCounts>> = Vec::new();
     let mut filters: Vec<Option<FilterWorker>> = (0..dp.workers)
         .map(|i| {
             published.as_ref().map(|table| {
@@ -321,11 +329,13 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
                     dpdk::rdtsc() ^ (i as u64) << 56,
                 );
                 filter_counters.push(filter.counters());
+                connection_counts.push(filter.connection_counts());
                 FilterWorker {
                     filter,
                     table: Arc::clone(table),
                     host_mac: Arc::clone(&host_mac),
                     tsc_per_ms,
+                    last_sweep_ms: 0,
                 }
             })
         })
@@ -415,6 +425,11 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
             }
         }
         summary.filter = Some(totals);
+        summary.descriptors = Some(
+            connection_counts
+                .iter()
+                .fold((0, 0), |(l, f), c| (l + c.live(), f + c.full())),
+        );
     }
     summary.cluster = cluster.stats().unwrap_or_default();
     summary.host = host.stats().unwrap_or_default();

@@ -257,6 +257,13 @@ pub struct Dataplane {
     /// TX descriptors per queue.
     #[serde(default = "default_descriptors")]
     pub tx_descriptors: u16,
+    /// Mbufs in the packet pool. Unset: enough for every RX and TX ring plus caches. (Like
+    /// testpmd's --total-num-mbufs; a net_pcap port with infinite_rx needs one per frame of
+    /// its capture on top.)
+    pub mbufs: Option<u32>,
+    /// Data room of each mbuf in bytes, headroom (128) included (like testpmd's --mbuf-size).
+    #[serde(default = "default_mbuf_size")]
+    pub mbuf_size: u16,
     /// Destination MAC for accepted frames on the host port. Unset: learned from the source
     /// MAC of frames the host port sends.
     pub host_mac: Option<MacAddr>,
@@ -272,6 +279,10 @@ pub struct Dataplane {
     /// After a FIN, the descriptor lives this long past the last packet.
     #[serde(default = "default_close_wait")]
     pub tcp_close_wait_s: u32,
+}
+
+fn default_mbuf_size() -> u16 {
+    2048 + 128
 }
 
 fn default_max_connections() -> u32 {
@@ -431,6 +442,20 @@ impl Config {
                     "must be between 64 and 16384".into(),
                 ));
             }
+        }
+        if dp.mbuf_size < 128 + 64 {
+            return Err(invalid(
+                "[dataplane] mbuf_size",
+                dp.mbuf_size.to_string(),
+                "must be at least 192 (128 bytes of headroom and a 64-byte frame)".into(),
+            ));
+        }
+        if dp.mbufs.is_some_and(|n| !(1024..=64 << 20).contains(&n)) {
+            return Err(invalid(
+                "[dataplane] mbufs",
+                dp.mbufs.unwrap_or_default().to_string(),
+                "must be between 1024 and 67108864".into(),
+            ));
         }
         if dp.max_connections < 1024 || dp.max_connections > 64 << 20 {
             return Err(invalid(

@@ -515,7 +515,7 @@ fn slot_count_for(capacity: usize) -> usize {
 
 /// The connection descriptors of one worker. See the [module docs](self).
 pub struct ConnectionTable {
-    slots: Box<[Slot]>,
+    slots: dpdk::HugeSlice<Slot>,
     /// `slots.len() - 1`; the length is a power of two.
     mask: usize,
     capacity: usize,
@@ -536,7 +536,7 @@ impl ConnectionTable {
         let capacity = max_connections.min(MAX_DESCRIPTORS);
         let slot_count = slot_count_for(capacity);
         ConnectionTable {
-            slots: vec![Slot::EMPTY; slot_count].into_boxed_slice(),
+            slots: dpdk::HugeSlice::new(slot_count, Slot::EMPTY),
             mask: slot_count - 1,
             capacity,
             live: 0,

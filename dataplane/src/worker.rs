@@ -124,6 +124,8 @@ pub struct FilterWorker {
     pub host_mac: Arc<HostMac>,
     /// TSC ticks per millisecond, for the filter's clock.
     pub tsc_per_ms: u64,
+    /// When the idle sweep last ran (filter clock).
+    pub last_sweep_ms: u32,
 }
 
 /// What a worker hands back when it stops.
@@ -141,8 +143,10 @@ struct Backoff {
 
 const SPIN_POLLS: u32 = 512;
 const MAX_SLEEP: Duration = Duration::from_micros(500);
-/// Descriptor slots the idle sweep looks at per loop iteration.
-const EXPIRY_BUDGET: usize = 64;
+/// The idle sweep visits every descriptor slot once per this many milliseconds, a slice per
+/// millisecond: bounded work per burst, and no streaming of the whole table through the cache
+/// (which a fixed per-loop budget does under load, evicting the live descriptors).
+const SWEEP_PERIOD_MS: usize = 1000;
 
 impl Backoff {
     #[inline]
@@ -171,6 +175,7 @@ pub fn run(
 ) -> WorkerReport {
     let mut burst = Burst::new();
     let mut released = Burst::new();
+    let mut dropped = Burst::new();
     let mut held: HeldFragments<Mbuf> = HeldFragments::default();
     let mut backoff = Backoff {
         idle,
@@ -193,6 +198,7 @@ pub fn run(
                 &mut q,
                 &mut burst,
                 &mut released,
+                &mut dropped,
                 &mut held,
                 &counters.inbound,
                 &mut cycles_per_packet,
@@ -264,13 +270,19 @@ fn filter_inbound(
     q: &mut WorkerQueues,
     burst: &mut Burst,
     released: &mut Burst,
+    dropped: &mut Burst,
     held: &mut HeldFragments<Mbuf>,
     counters: &DirectionCounters,
     cycles_per_packet: &mut Histogram<u64>,
 ) -> usize {
     let n = q.cluster_rx.rx_burst(burst);
     let now_ms = (dpdk::rdtsc() / f.tsc_per_ms) as u32;
-    f.filter.expire(now_ms, EXPIRY_BUDGET);
+    let since = now_ms.wrapping_sub(f.last_sweep_ms) as usize;
+    if since > 0 {
+        let per_ms = f.filter.connections().slot_count() / SWEEP_PERIOD_MS + 1;
+        f.filter.expire(now_ms, since.min(SWEEP_PERIOD_MS) * per_ms);
+        f.last_sweep_ms = now_ms;
+    }
     if n > 0 {
         let start = dpdk::rdtsc();
         let table = f.table.load();
@@ -297,15 +309,22 @@ fn filter_inbound(
                     }
                 }
             },
-            |m| {
-                if let Some(key) = hold_for.take() {
-                    if held.hold(key, m, now_ms).is_err() {
+            |m| match hold_for.take() {
+                Some(key) => {
+                    if let Err(m) = held.hold(key, m, now_ms) {
                         filter_counters
                             .count(&Decision::of(Verdict::Drop(Reason::FragmentOverflow)));
+                        // At most a burst's worth is rejected per burst: there is room.
+                        let _ = dropped.push(m);
                     }
+                }
+                // Freed together below, in one bulk call.
+                None => {
+                    let _ = dropped.push(m);
                 }
             },
         );
+        dropped.clear();
         send(&mut q.host_tx, burst, counters);
         let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
         cycles_per_packet.saturating_record(per_packet);

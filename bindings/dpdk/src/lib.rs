@@ -7,12 +7,14 @@
 
 mod eal;
 mod error;
+mod huge;
 mod mbuf;
 mod mempool;
 mod port;
 
 pub use eal::{Eal, LaunchHandle, PortName};
 pub use error::{Error, Result};
+pub use huge::HugeSlice;
 pub use mbuf::{Burst, Mbuf, BURST_SIZE};
 pub use mempool::Mempool;
 pub use port::{DevInfo, Link, Port, PortConfig, PortStats, RxQueue, TxQueue};

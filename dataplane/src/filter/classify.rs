@@ -444,13 +444,14 @@ impl Filter {
             },
         };
 
-        // A connection we hold a descriptor for stays ours while the bucket is ours in any
-        // way; once the hand-off has completed elsewhere the descriptor is stale.
+        // Not ours in any way: the common case on every host but one, decided without
+        // touching the descriptor table. (A descriptor left from a completed hand-off is
+        // stale; the idle sweep frees it.)
+        if !ours {
+            return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
+        }
+        // A connection we hold a descriptor for stays ours while the bucket is ours in any way.
         if self.conns.lookup(&key, now_ms).is_some() {
-            if !ours {
-                self.conns.remove(&key);
-                return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
-            }
             match segment {
                 Segment::Tcp { rst: true, .. } => {
                     self.conns.remove(&key);
@@ -483,13 +484,12 @@ impl Filter {
             } else {
                 Verdict::Drop(Reason::OldOwnerKeeps)
             }
-        } else if own.outgoing & bit != 0 {
+        } else {
+            // Moving away (the only way left for a bucket that is ours).
             match segment {
                 Segment::Udp | Segment::QuotedUdp => Verdict::Accept(Reason::HandOffUdp),
                 _ => Verdict::Drop(Reason::HandedOff),
             }
-        } else {
-            Verdict::Drop(Reason::NotOwned)
         };
         decided(verdict, Some(bucket))
     }

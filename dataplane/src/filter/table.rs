@@ -48,6 +48,7 @@ pub const NO_RULE: u8 = u8::MAX;
 /// Port -> rule index for one (VIP, transport) pair. 64 KiB; VIPs without rules of their own
 /// share the "all" map.
 type PortMap = Box<[u8; 65536]>;
+const PORT_MAP_LEN: usize = 65536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -64,9 +65,10 @@ pub struct FilterTable {
     vips6: Vec<u128>,
     dedicated4: Vec<u32>,
     dedicated6: Vec<u128>,
-    maps: Vec<PortMap>,
-    /// Per VIP (v4 slots first, then v6) and transport: index into `maps`.
-    vip_maps: Vec<[u16; 2]>,
+    /// Every port map, back to back, so a lookup is one offset and one byte load.
+    maps: Vec<u8>,
+    /// Per VIP (v4 slots first, then v6) and transport: offset of its map in `maps`.
+    vip_maps: Vec<[u32; 2]>,
     rules: Vec<RuleEntry>,
     /// We are the default host: we take VIP traffic no rule covers.
     pub default_host: bool,
@@ -134,19 +136,20 @@ impl FilterTable {
         for vip in &ordered_vips {
             let has_own = spec.rules.iter().any(|r| r.vip == RuleVip::Addr(*vip));
             if !has_own {
-                vip_maps.push([0, 1]);
+                vip_maps.push([0, PORT_MAP_LEN as u32]);
                 continue;
             }
-            let mut slots = [0u16; 2];
+            let mut offsets = [0u32; 2];
             for t in [Transport::Tcp, Transport::Udp] {
                 // A VIP's own rules take precedence over "all" rules for the same port.
                 let mut m = maps[t as usize].clone();
                 fill(&mut m, RuleVip::Addr(*vip), t);
-                slots[t as usize] = maps.len() as u16;
+                offsets[t as usize] = (maps.len() * PORT_MAP_LEN) as u32;
                 maps.push(m);
             }
-            vip_maps.push(slots);
+            vip_maps.push(offsets);
         }
+        let maps: Vec<u8> = maps.iter().flat_map(|m| m.iter().copied()).collect();
         let rules = spec
             .rules
             .iter()
@@ -202,8 +205,8 @@ impl FilterTable {
     /// The rule covering `port` on `vip` for `transport`, if any.
     #[inline]
     pub fn rule_for(&self, vip: VipSlot, transport: Transport, port: u16) -> Option<u8> {
-        let map = self.vip_maps.get(vip.0 as usize)?[transport as usize];
-        let r = self.maps[map as usize][port as usize];
+        let offset = self.vip_maps.get(vip.0 as usize)?[transport as usize] as usize;
+        let r = *self.maps.get(offset + port as usize)?;
         (r != NO_RULE).then_some(r)
     }
 
