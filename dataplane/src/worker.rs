@@ -128,6 +128,15 @@ pub struct FilterWorker {
     pub last_sweep_ms: u32,
 }
 
+/// A filtering worker's spare bursts and held fragments, allocated once.
+struct Scratch {
+    /// Held fragments whose first fragment has decided, on their way out.
+    released: Burst,
+    /// Frames to free together at the end of a burst.
+    dropped: Burst,
+    held: HeldFragments<Mbuf>,
+}
+
 /// What a worker hands back when it stops.
 pub struct WorkerReport {
     /// Processing time of each non-empty burst, in TSC cycles per packet.
@@ -174,9 +183,11 @@ pub fn run(
     mut filter: Option<FilterWorker>,
 ) -> WorkerReport {
     let mut burst = Burst::new();
-    let mut released = Burst::new();
-    let mut dropped = Burst::new();
-    let mut held: HeldFragments<Mbuf> = HeldFragments::default();
+    let mut scratch = Scratch {
+        released: Burst::new(),
+        dropped: Burst::new(),
+        held: HeldFragments::default(),
+    };
     let mut backoff = Backoff {
         idle,
         empty_polls: 0,
@@ -197,9 +208,7 @@ pub fn run(
                 f,
                 &mut q,
                 &mut burst,
-                &mut released,
-                &mut dropped,
-                &mut held,
+                &mut scratch,
                 &counters.inbound,
                 &mut cycles_per_packet,
             ),
@@ -224,7 +233,9 @@ pub fn run(
     }
     if let Some(f) = filter.as_ref() {
         let counters = f.filter.counters();
-        held.drain(|_| counters.count(&Decision::of(Verdict::Drop(Reason::FragmentTimeout))));
+        scratch
+            .held
+            .drain(|_| counters.count(&Decision::of(Verdict::Drop(Reason::FragmentTimeout))));
     }
     WorkerReport { cycles_per_packet }
 }
@@ -269,12 +280,15 @@ fn filter_inbound(
     f: &mut FilterWorker,
     q: &mut WorkerQueues,
     burst: &mut Burst,
-    released: &mut Burst,
-    dropped: &mut Burst,
-    held: &mut HeldFragments<Mbuf>,
+    scratch: &mut Scratch,
     counters: &DirectionCounters,
     cycles_per_packet: &mut Histogram<u64>,
 ) -> usize {
+    let Scratch {
+        released,
+        dropped,
+        held,
+    } = scratch;
     let n = q.cluster_rx.rx_burst(burst);
     let now_ms = (dpdk::rdtsc() / f.tsc_per_ms) as u32;
     let since = now_ms.wrapping_sub(f.last_sweep_ms) as usize;
