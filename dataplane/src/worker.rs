@@ -370,3 +370,32 @@ fn filter_inbound(
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_mac_is_learned_from_unicast_sources_only() {
+        let h = HostMac::learned();
+        assert_eq!(h.get(), None);
+        let mut frame = [0u8; 14];
+        frame[6..12].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);
+        h.learn(&frame);
+        assert_eq!(h.get(), None, "a multicast source is not a host");
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 1, 2]);
+        h.learn(&frame);
+        assert_eq!(h.get(), Some([0x02, 0, 0, 0, 1, 2]));
+        h.learn(&frame[..8]);
+        assert_eq!(h.get(), Some([0x02, 0, 0, 0, 1, 2]), "runts teach nothing");
+    }
+
+    #[test]
+    fn configured_host_mac_is_never_relearned() {
+        let h = HostMac::fixed([0x02, 0, 0, 0, 0, 9]);
+        let mut frame = [0u8; 14];
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 1, 2]);
+        h.learn(&frame);
+        assert_eq!(h.get(), Some([0x02, 0, 0, 0, 0, 9]));
+    }
+}

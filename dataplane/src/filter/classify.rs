@@ -547,3 +547,228 @@ fn follow(first: Verdict) -> Verdict {
         Verdict::Drop(_) | Verdict::Hold => Verdict::Drop(Reason::Fragment),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::table::RuleOwnership;
+    use crate::filter::{Affinity, FilterSpec, PortRule, Protocol, RuleVip};
+    use std::net::Ipv4Addr;
+
+    const VIP: [u8; 4] = [192, 0, 2, 10];
+
+    fn ipv4_frame(src: [u8; 4], proto: u8, l4: &[u8], ident: u16, frag: u16) -> Vec<u8> {
+        let mut f = vec![2, 0xbf, 192, 0, 2, 10, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+        ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&ident.to_be_bytes());
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&VIP);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(l4);
+        f
+    }
+
+    fn tcp(src: [u8; 4], sport: u16, flags: u8) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = flags;
+        ipv4_frame(src, 6, &t, 1, 0)
+    }
+
+    fn udp(src: [u8; 4], sport: u16) -> Vec<u8> {
+        let mut u = vec![0u8; 16];
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&80u16.to_be_bytes());
+        u[4..6].copy_from_slice(&16u16.to_be_bytes());
+        ipv4_frame(src, 17, &u, 2, 0)
+    }
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+
+    /// One rule (port 80, both protocols, affinity single) with the given ownership of the
+    /// bucket of client 198.51.100.7.
+    fn table(own: fn(u64) -> RuleOwnership) -> (FilterTable, u8) {
+        let spec = FilterSpec {
+            cluster_ip: Ipv4Addr::from(VIP),
+            vips: vec![Ipv4Addr::from(VIP).into()],
+            dedicated: vec![],
+            rules: vec![PortRule {
+                vip: RuleVip::All,
+                first_port: 80,
+                last_port: 80,
+                protocol: Protocol::Both,
+                mode: Mode::Multiple,
+                affinity: Affinity::Single,
+            }],
+        };
+        let seed = hash::seed(Ipv4Addr::from(VIP));
+        let bucket = hash::bucket_v4(
+            seed,
+            Affinity::Single,
+            u32::from(Ipv4Addr::new(198, 51, 100, 7)),
+            0,
+            0,
+        );
+        (
+            FilterTable::new(&spec, &[own(1 << bucket)], false, true, 1),
+            bucket,
+        )
+    }
+
+    fn filter() -> Filter {
+        Filter::new(1024, Timeouts::default(), 1)
+    }
+
+    const CLIENT: [u8; 4] = [198, 51, 100, 7];
+
+    #[test]
+    fn incoming_bucket_takes_new_connections_only() {
+        let (t, bucket) = table(|b| RuleOwnership {
+            incoming: b,
+            ..Default::default()
+        });
+        let mut f = filter();
+        let mid = f.classify(&t, &tcp(CLIENT, 40000, ACK), 0);
+        assert_eq!(mid.verdict, Verdict::Drop(Reason::OldOwnerKeeps));
+        assert_eq!(mid.bucket, Some(bucket));
+        let syn = f.classify(&t, &tcp(CLIENT, 40001, SYN), 0);
+        assert_eq!(syn.verdict, Verdict::Accept(Reason::NewConnection));
+        // The connection it opened is ours from now on.
+        let next = f.classify(&t, &tcp(CLIENT, 40001, ACK), 1);
+        assert_eq!(next.verdict, Verdict::Accept(Reason::Descriptor));
+        // UDP stays with the old owner until the hand-off completes.
+        let u = f.classify(&t, &udp(CLIENT, 5000), 2);
+        assert_eq!(u.verdict, Verdict::Drop(Reason::OldOwnerKeeps));
+    }
+
+    #[test]
+    fn outgoing_bucket_keeps_held_connections_and_refuses_new_ones() {
+        let (owned, _) = table(RuleOwnership::owning);
+        let (outgoing, _) = table(|b| RuleOwnership {
+            outgoing: b,
+            ..Default::default()
+        });
+        let mut f = filter();
+        assert_eq!(
+            f.classify(&owned, &tcp(CLIENT, 40000, SYN), 0).verdict,
+            Verdict::Accept(Reason::BucketOwned)
+        );
+        let held = f.classify(&outgoing, &tcp(CLIENT, 40000, ACK), 1);
+        assert_eq!(held.verdict, Verdict::Accept(Reason::Descriptor));
+        let new = f.classify(&outgoing, &tcp(CLIENT, 40002, SYN), 1);
+        assert_eq!(new.verdict, Verdict::Drop(Reason::HandedOff));
+        let u = f.classify(&outgoing, &udp(CLIENT, 5000), 1);
+        assert_eq!(u.verdict, Verdict::Accept(Reason::HandOffUdp));
+        assert_eq!(
+            f.connection_counts().live(),
+            1,
+            "UDP during hand-off opens nothing"
+        );
+    }
+
+    #[test]
+    fn rst_frees_and_fin_closes_the_descriptor() {
+        let (owned, _) = table(RuleOwnership::owning);
+        let (outgoing, _) = table(|b| RuleOwnership {
+            outgoing: b,
+            ..Default::default()
+        });
+        let mut f = filter();
+        f.classify(&owned, &tcp(CLIENT, 1, SYN), 0);
+        f.classify(&owned, &tcp(CLIENT, 2, SYN), 0);
+        f.classify(&owned, &tcp(CLIENT, 1, RST | ACK), 1);
+        assert_eq!(
+            f.classify(&outgoing, &tcp(CLIENT, 1, ACK), 2).verdict,
+            Verdict::Drop(Reason::HandedOff),
+            "a reset connection is gone"
+        );
+        f.classify(&owned, &tcp(CLIENT, 2, FIN | ACK), 3);
+        assert_eq!(
+            f.classify(&outgoing, &tcp(CLIENT, 2, ACK), 4).verdict,
+            Verdict::Accept(Reason::Descriptor),
+            "the close handshake still reaches us"
+        );
+        let later = 4 + Timeouts::default().tcp_close_wait_ms + 1;
+        f.expire(later, usize::MAX);
+        assert_eq!(
+            f.classify(&outgoing, &tcp(CLIENT, 2, ACK), later).verdict,
+            Verdict::Drop(Reason::HandedOff)
+        );
+    }
+
+    #[test]
+    fn later_fragment_waits_for_and_follows_the_first() {
+        let (owned, _) = table(RuleOwnership::owning);
+        let mut f = filter();
+        let mut u = vec![0u8; 16];
+        u[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        u[2..4].copy_from_slice(&80u16.to_be_bytes());
+        // Second fragment first (offset 16 bytes = 2 units), then the first (MF set).
+        let second = ipv4_frame(CLIENT, 17, &[0u8; 8], 77, 2);
+        let first = ipv4_frame(CLIENT, 17, &u, 77, 0x2000);
+        let d = f.classify(&owned, &second, 0);
+        assert_eq!(d.verdict, Verdict::Hold);
+        let key = d.datagram.unwrap();
+        assert_eq!(
+            f.classify(&owned, &first, 1).verdict,
+            Verdict::Accept(Reason::BucketOwned)
+        );
+        assert_eq!(
+            f.fragments().lookup(&key, 2),
+            Some(Verdict::Accept(Reason::BucketOwned))
+        );
+        assert_eq!(
+            f.classify(&owned, &second, 2).verdict,
+            Verdict::Accept(Reason::Fragment)
+        );
+    }
+
+    #[test]
+    fn vlan_tagged_frames_get_the_untagged_verdict() {
+        let (owned, _) = table(RuleOwnership::owning);
+        let (none, _) = table(|_| RuleOwnership::default());
+        for t in [&owned, &none] {
+            let plain = tcp(CLIENT, 999, SYN);
+            let mut tagged = plain[..12].to_vec();
+            tagged.extend_from_slice(&[0x88, 0xa8, 0, 5, 0x81, 0x00, 0, 7]);
+            tagged.extend_from_slice(&plain[12..]);
+            assert_eq!(
+                filter().classify(t, &plain, 0).verdict,
+                filter().classify(t, &tagged, 0).verdict
+            );
+        }
+    }
+
+    #[test]
+    fn stopped_host_drops_vip_traffic_but_passes_the_rest() {
+        let spec = FilterSpec {
+            cluster_ip: Ipv4Addr::from(VIP),
+            vips: vec![Ipv4Addr::from(VIP).into()],
+            dedicated: vec![],
+            rules: vec![],
+        };
+        let t = FilterTable::new(&spec, &[], true, false, 1);
+        let mut f = filter();
+        assert_eq!(
+            f.classify(&t, &tcp(CLIENT, 1, SYN), 0).verdict,
+            Verdict::Drop(Reason::HostStopped)
+        );
+        let mut other = tcp(CLIENT, 1, SYN);
+        other[30..34].copy_from_slice(&[203, 0, 113, 1]);
+        assert_eq!(
+            f.classify(&t, &other, 0).verdict,
+            Verdict::Pass(Reason::NotVip)
+        );
+        assert_eq!(
+            f.classify(&t, &[0u8; 10], 0).verdict,
+            Verdict::Drop(Reason::Malformed)
+        );
+    }
+}
