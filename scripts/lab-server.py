@@ -1,24 +1,31 @@
 #!/usr/bin/env python3
-"""The wlbs lab's HTTP server: answers every GET/HEAD with "host N" so the client can tell
-which cluster host served a request. scripts/lab.sh starts one per server namespace.
+"""The wlbs lab's HTTP server: answers with "host N" so the client can tell which cluster
+host served a request, and counts what it served. scripts/lab.sh starts one per server
+namespace, listening on every address (the cluster IP on lo and the dedicated IP on the NIC).
 
-Usage: lab-server.py --host N --bind ADDR [--port 80] [--name TAG]
+  GET/HEAD /        "host N"; counted: the workload's requests
+  GET/HEAD /ready   "host N"; not counted: readiness probes
+  GET      /count   the number of requests to / served so far; not counted
+  anything else     404; not counted
+
+Usage: lab-server.py --host N [--bind ADDR] [--port 80] [--name TAG]
 """
 import argparse
 import http.server
 import signal
 import sys
+import threading
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "wlbs-lab"
     # One request per connection: the lab wants every request to be a new TCP connection
-    # (new source port), which is what the filter later hashes on.
+    # (new source port), which is what the filter hashes on.
     protocol_version = "HTTP/1.0"
 
-    def _reply(self, with_body: bool) -> None:
-        body = f"host {self.server.host_id}\n".encode()
-        self.send_response(200)
+    def _send(self, status: int, text: str, with_body: bool) -> None:
+        body = text.encode()
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Wlbs-Lab-Host", str(self.server.host_id))
@@ -26,21 +33,42 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if with_body:
             self.wfile.write(body)
 
+    def _handle(self, with_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            # Counted before the answer goes out: a request the client saw answered is
+            # always in the count.
+            with self.server.lock:
+                self.server.served += 1
+            self._send(200, f"host {self.server.host_id}\n", with_body)
+        elif path == "/ready":
+            self._send(200, f"host {self.server.host_id}\n", with_body)
+        elif path == "/count":
+            with self.server.lock:
+                served = self.server.served
+            self._send(200, f"{served}\n", with_body)
+        else:
+            self._send(404, "not found\n", with_body)
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._reply(True)
+        self._handle(True)
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._reply(False)
+        self._handle(False)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
-        # One line per request (client address and port included) into the server's log.
-        sys.stderr.write(f"{self.client_address[0]}:{self.client_address[1]} {format % args}\n")
+        # One line per request (client address and port, and the address it was sent to)
+        # into the server's log.
+        local = self.connection.getsockname()[0]
+        sys.stderr.write(
+            f"{self.client_address[0]}:{self.client_address[1]} -> {local} {format % args}\n"
+        )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", type=int, required=True, help="host number to answer with")
-    ap.add_argument("--bind", required=True, help="address to listen on")
+    ap.add_argument("--bind", default="0.0.0.0", help="address to listen on (default: all)")
     ap.add_argument("--port", type=int, default=80)
     # Only shows in the command line, so `pgrep -f wlbs-lab` finds the lab's servers too.
     ap.add_argument("--name", default="lab-server", help="tag for logs and pgrep")
@@ -53,6 +81,8 @@ def main() -> int:
     server = http.server.ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True
     server.host_id = args.host
+    server.served = 0
+    server.lock = threading.Lock()
     print(f"{args.name}: host {args.host} listening on {args.bind}:{args.port}", file=sys.stderr,
           flush=True)
     try:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The wlbs virtual lab (ARCHITECTURE.md section 8, level 4): a whole cluster in network
-# namespaces on one machine, with real kernel TCP clients and servers.
+# namespaces on one machine, with real kernel TCP clients and servers, sharing ONE cluster IP.
 #
-#   client ns ---+
-#                |        switch ns (Linux bridge)
+#   client ns ---+    (64 client addresses; the cluster MAC pinned in its neighbour table)
+#                |        switch ns (Linux bridge: floods frames for the cluster MAC to all)
 #                +--- wlbs-br ---+------------------+---- ...
 #                                |                  |
 #               appliance ns a1: [cluster port] wlbs [host port] --- server ns s1 (HTTP "host 1")
@@ -11,18 +11,26 @@
 #
 # Every appliance is a `wlbs` process on two net_af_packet ports over veths (cluster side to
 # the bridge, host side to its server), a bump in the wire exactly where the WLBS driver sat.
+# NLB unicast mode: the cluster IP 192.0.2.10 has the cluster MAC 02:bf:c0:00:02:0a, which no
+# frame carries as its source, so the bridge never learns it and floods every frame for the
+# cluster IP to every host. Each appliance (static membership: every host is live) keeps the
+# frames whose bucket its host owns, rewrites their destination MAC to its server's and drops
+# the others; everything else (dedicated addresses, ARP) crosses unchanged. Each server holds
+# the cluster IP on lo (arp_ignore=1, arp_announce=2: it never answers ARP for it) and its
+# dedicated address 192.0.2.(10+I) on its NIC.
 #
-#   scripts/lab.sh [run]   build, set the lab up, run a bounded HTTP workload from the client,
-#                          print who answered, tear everything down. Non-zero exit when any
-#                          request failed or an appliance failed to start, crashed or did
-#                          not stop cleanly.
+#   scripts/lab.sh [run]   build, set the lab up, send a bounded HTTP workload to the cluster
+#                          IP from many client addresses and ports, print each host's share,
+#                          tear everything down. Non-zero exit when any request failed, the
+#                          servers' counts of served requests differ from what the client saw
+#                          answered, a host got nothing, the bridge learned the cluster MAC,
+#                          or an appliance failed to start, crashed or did not stop cleanly.
 #   scripts/lab.sh up      build and set the lab up, then leave it running (prints how to use it)
 #   scripts/lab.sh down    remove everything a previous run/up left (idempotent)
 #
-# Options (or environment): --hosts N (WLBS_LAB_HOSTS, default 3), --requests N per target
-# (WLBS_LAB_REQUESTS, default 20), --no-build (WLBS_LAB_NO_BUILD=1), --appliance wlbs|testpmd
-# (WLBS_LAB_APPLIANCE; `testpmd` runs dpdk-testpmd in io mode instead of wlbs, to tell lab
-# problems from appliance problems).
+# Options (or environment): --hosts N (WLBS_LAB_HOSTS, default 3), --requests N in all
+# (WLBS_LAB_REQUESTS, default 300), --parallel N client loops at once (WLBS_LAB_PARALLEL,
+# default 4), --no-build (WLBS_LAB_NO_BUILD=1).
 #
 # Addresses are documentation addresses (192.0.2.0/24) inside the namespaces only: no default
 # routes, no link into the root namespace. Every namespace is named wlbs-lab-*, every
@@ -37,9 +45,9 @@ readonly SCRIPTS ROOT
 # Settings
 # ----------------------------------------------------------------------------------------
 HOSTS=${WLBS_LAB_HOSTS:-3}
-REQUESTS=${WLBS_LAB_REQUESTS:-20}        # requests per workload target
+REQUESTS=${WLBS_LAB_REQUESTS:-300}       # requests to the cluster IP, in all
+PARALLEL=${WLBS_LAB_PARALLEL:-4}         # client loops sending at the same time
 NO_BUILD=${WLBS_LAB_NO_BUILD:-0}
-APPLIANCE=${WLBS_LAB_APPLIANCE:-wlbs}    # wlbs | testpmd (stand-in)
 WORKERS=1                                # wlbs [dataplane] workers; lcores = workers + 1
                                          # (more needs qpairs=N on the af_packet vdevs)
 CURL_MAX_TIME=2                          # seconds per request
@@ -47,12 +55,25 @@ WORKLOAD_TIMEOUT=${WLBS_LAB_TIMEOUT:-60} # seconds for the whole workload
 READY_TIMEOUT=30                         # seconds for all appliances + servers to carry traffic
 STOP_TIMEOUT=5                           # seconds an appliance gets to stop after SIGINT
 MAX_HOSTS=20                             # 256 MiB and a share of 2 CPUs per appliance
+MAX_PARALLEL=16
 
 readonly NS_PREFIX=wlbs-lab
 readonly NS_SW=wlbs-lab-sw NS_CLIENT=wlbs-lab-c
 readonly BRIDGE=wlbs-br CLIENT_IF=wlbs-c SW_CLIENT_IF=wlbs-sw-c
-readonly CLIENT_IP=192.0.2.100 PREFIX_LEN=24
+readonly NET=192.0.2 PREFIX_LEN=24
+readonly CLUSTER_IP=192.0.2.10 # the cluster IP (VIP) every host shares
+readonly CLIENT_BASE=100 CLIENT_ADDRS=64 # client addresses 192.0.2.100 .. 192.0.2.163
+readonly CLIENT_MAC=02:00:00:00:00:64
 readonly LOCK_FILE=/run/wlbs-lab.lock
+
+# NLB unicast mode: the cluster MAC is 02-BF followed by the four bytes of the cluster IP.
+unicast_cluster_mac() { # unicast_cluster_mac IPV4
+  local a b c d
+  IFS=. read -r a b c d <<<"$1"
+  printf '02:bf:%02x:%02x:%02x:%02x' "$a" "$b" "$c" "$d"
+}
+CLUSTER_MAC=$(unicast_cluster_mac "$CLUSTER_IP")
+readonly CLUSTER_MAC
 
 ns_app() { echo "wlbs-lab-a$1"; }      # appliance namespace of host $1
 ns_srv() { echo "wlbs-lab-s$1"; }      # server namespace of host $1
@@ -60,17 +81,20 @@ if_sw() { echo "wlbs-sw-a$1"; }        # bridge port towards appliance $1 (switc
 if_cluster() { echo "wlbs-a$1-cl"; }   # appliance $1's cluster port (appliance ns)
 if_host() { echo "wlbs-a$1-ho"; }      # appliance $1's host port (appliance ns)
 if_srv() { echo "wlbs-s$1"; }          # server $1's NIC (server ns)
-server_ip() { echo "192.0.2.$((10 + $1))"; }   # host $1's dedicated address
-dpdk_prefix() { echo "wlbs-lab-h$1"; }          # EAL --file-prefix of appliance $1
+server_ip() { echo "$NET.$((10 + $1))"; }                # host $1's dedicated address
+server_mac() { printf '02:00:00:00:01:%02x' "$1"; }     # server $1's NIC
+client_ip() { echo "$NET.$((CLIENT_BASE + $1))"; }     # client address $1, 0..CLIENT_ADDRS-1
+dpdk_prefix() { echo "wlbs-lab-h$1"; }                  # EAL --file-prefix of appliance $1
 
 # State of this run (run/up only).
 LOGDIR=""
 KEEP_LAB=0          # `up`: leave the lab running at exit
 FOUND_LOGDIR=""     # `down`: where the stopped appliances logged
 FAILED=0            # something went wrong that does not abort at once (reported at exit)
-declare -a APP_PID=() SRV_PID=()
-declare -A ANSWERED=() FAILURES=()
-TOTAL=0 OK=0
+declare -a APP_PID=() SRV_PID=() CLIENT_PID=()
+declare -A ANSWERED=() SERVED=() BUCKETS=() FAILURES=() SUMMARY=()
+TOTAL=0 OK=0        # requests with a result so far, and those answered with "host N"
+SOURCES=0           # distinct source address:port pairs of the answered requests
 WORKLOAD_STATE=none # none | running | finished
 WORKLOAD_MS=0
 
@@ -82,7 +106,7 @@ now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 fmt_ms() { printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000)); }
 
 usage() {
-  sed -n '/^#   scripts/,/^# problems/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '/^#   scripts/,/^# default 4/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # ----------------------------------------------------------------------------------------
@@ -91,12 +115,10 @@ usage() {
 check_env() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces, veths, DPDK)"
   local missing=() t
-  for t in ip ethtool curl python3 setsid flock taskset; do
+  for t in ip bridge ethtool curl python3 setsid flock taskset; do
     command -v "$t" >/dev/null || missing+=("$t")
   done
-  if [ "$APPLIANCE" = testpmd ]; then
-    command -v dpdk-testpmd >/dev/null || missing+=(dpdk-testpmd)
-  elif [ "$NO_BUILD" != 1 ]; then
+  if [ "$NO_BUILD" != 1 ]; then
     command -v cargo >/dev/null || missing+=(cargo)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
@@ -114,8 +136,10 @@ check_args() {
   if ! [[ $REQUESTS =~ ^[0-9]+$ ]] || [ "$REQUESTS" -lt 1 ]; then
     die "--requests must be a number >= 1 (got '$REQUESTS')"
   fi
+  if ! [[ $PARALLEL =~ ^[0-9]+$ ]] || [ "$PARALLEL" -lt 1 ] || [ "$PARALLEL" -gt $MAX_PARALLEL ]; then
+    die "--parallel must be 1..$MAX_PARALLEL (got '$PARALLEL')"
+  fi
   [[ $WORKLOAD_TIMEOUT =~ ^[0-9]+$ ]] || die "WLBS_LAB_TIMEOUT must be seconds"
-  case $APPLIANCE in wlbs | testpmd) ;; *) die "--appliance must be wlbs or testpmd" ;; esac
 }
 
 # One lab at a time: names are fixed. fd 9 holds the lock for this script's lifetime; every
@@ -128,7 +152,7 @@ take_lock() {
 wlbs_bin() { echo "${CARGO_TARGET_DIR:-$ROOT/target}/release/wlbs"; }
 
 build() {
-  if [ "$APPLIANCE" = testpmd ] || [ "$NO_BUILD" = 1 ]; then
+  if [ "$NO_BUILD" = 1 ]; then
     return
   fi
   say "building (cargo build --release -p wlbs-control)"
@@ -196,17 +220,14 @@ stop_appliances() {
     fi
     if [ -n "$line" ]; then
       say "$h: $line"
-    elif [ "$APPLIANCE" = wlbs ] && [ -n "$rc" ]; then
+      SUMMARY[${hosts[$i]}]=$line
+    elif [ -n "$rc" ]; then
       warn "$h: no 'wlbs: stopped' line in its log${log:+ ($log)}"
+      FAILED=1
     fi
     if [ -n "$rc" ] && [ "$rc" != 0 ]; then
-      # testpmd re-raises SIGINT after cleaning up (status 130); wlbs must exit 0.
-      if [ "$APPLIANCE" = testpmd ] && [ "$rc" = 130 ]; then
-        :
-      else
-        warn "$h: exited with status $rc after SIGINT (expected 0)"
-        FAILED=1
-      fi
+      warn "$h: exited with status $rc after SIGINT (expected 0)"
+      FAILED=1
     fi
   done
   say "appliances stopped in $(fmt_ms $(($(now_ms) - t0)))"
@@ -231,7 +252,7 @@ kill_rest() {
     if is_running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   # Reap our own children quietly.
-  for pid in "${SRV_PID[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${SRV_PID[@]}" "${CLIENT_PID[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 
 teardown() {
@@ -269,15 +290,17 @@ on_exit() {
     return
   fi
   if [ "$WORKLOAD_STATE" = running ]; then
+    stop_clients
+    collect_results
     say "interrupted during the workload: $OK of $TOTAL requests answered so far" \
-      "($((HOSTS * REQUESTS)) planned)"
+      "($REQUESTS planned)"
   fi
   say "tearing down"
   teardown
   [ $rc = 0 ] && [ $FAILED = 1 ] && rc=1
   if [ $rc = 0 ]; then
     [ -n "$LOGDIR" ] && rm -rf "$LOGDIR"
-    say "PASS: $OK/$TOTAL requests answered"
+    say "PASS: $OK/$REQUESTS requests to the cluster IP answered, each served by exactly one host"
   else
     [ -n "$LOGDIR" ] && say "logs kept in $LOGDIR"
     say "FAIL (exit $rc)"
@@ -314,35 +337,51 @@ if_prep() { # if_prep NS IF
 
 create_switch() {
   ns_add "$NS_SW"
-  # STP stays off (the default), so ports forward at once; the bridge floods unknown
-  # unicast like the switch in front of a WLBS cluster.
+  # STP stays off (the default), so ports forward at once; the bridge learns source MACs and
+  # floods unknown unicast (the defaults), like the switch in front of a WLBS cluster: the
+  # cluster MAC is never a source, so frames for it go to every port.
   ip -n "$NS_SW" link add "$BRIDGE" type bridge
   ip -n "$NS_SW" link set "$BRIDGE" up
 }
 
 create_client() {
+  local k
   ns_add "$NS_CLIENT"
   veth "$NS_CLIENT" "$CLIENT_IF" "$NS_SW" "$SW_CLIENT_IF"
   ip -n "$NS_SW" link set "$SW_CLIENT_IF" master "$BRIDGE"
-  ip -n "$NS_CLIENT" link set "$CLIENT_IF" address 02:00:00:00:00:64
-  ip -n "$NS_CLIENT" addr add "$CLIENT_IP/$PREFIX_LEN" dev "$CLIENT_IF"
+  ip -n "$NS_CLIENT" link set "$CLIENT_IF" address "$CLIENT_MAC"
+  # Many clients in one namespace: the first address is primary, the others secondary on the
+  # same interface; curl --interface picks the source address of each request.
+  for ((k = 0; k < CLIENT_ADDRS; k++)); do
+    echo "address add $(client_ip "$k")/$PREFIX_LEN dev $CLIENT_IF"
+  done | ip -n "$NS_CLIENT" -batch -
+  # ARP for the cluster IP comes later (the appliance will answer it); until then pin it.
+  ip -n "$NS_CLIENT" neigh replace "$CLUSTER_IP" lladdr "$CLUSTER_MAC" dev "$CLIENT_IF" nud permanent
 }
 
 create_host() {
-  local i=$1 na ns
-  na=$(ns_app "$i") ns=$(ns_srv "$i")
+  local i=$1 na ns nic
+  na=$(ns_app "$i") ns=$(ns_srv "$i") nic=$(if_srv "$i")
   ns_add "$na"
   ns_add "$ns"
   veth "$NS_SW" "$(if_sw "$i")" "$na" "$(if_cluster "$i")"
   ip -n "$NS_SW" link set "$(if_sw "$i")" master "$BRIDGE"
-  veth "$na" "$(if_host "$i")" "$ns" "$(if_srv "$i")"
+  veth "$na" "$(if_host "$i")" "$ns" "$nic"
   # The appliance's ports carry no addresses; promiscuous because they carry frames for
-  # other MACs (the server's, the cluster MAC later).
+  # other MACs (the cluster MAC, the server's).
   ip -n "$na" link set "$(if_cluster "$i")" promisc on
   ip -n "$na" link set "$(if_host "$i")" promisc on
-  # Fixed MACs make captures readable: server i is 02:00:00:00:01:ii.
-  ip -n "$ns" link set "$(if_srv "$i")" address "$(printf '02:00:00:00:01:%02x' "$i")"
-  ip -n "$ns" addr add "$(server_ip "$i")/$PREFIX_LEN" dev "$(if_srv "$i")"
+  # Fixed MACs make captures readable: server i is 02:00:00:00:01:ii (the appliance's
+  # host_mac: accepted frames are rewritten to it).
+  ip -n "$ns" link set "$nic" address "$(server_mac "$i")"
+  ip -n "$ns" addr add "$(server_ip "$i")/$PREFIX_LEN" dev "$nic"
+  # The cluster IP on lo: the kernel accepts packets for it and replies from it. arp_ignore=1
+  # (answer ARP only for addresses on the interface asked) and arp_announce=2 (ARP with the
+  # interface's own address) so a server never answers or announces the cluster IP.
+  ip -n "$ns" addr add "$CLUSTER_IP/32" dev lo
+  ip netns exec "$ns" sysctl -qw \
+    net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+    "net.ipv4.conf.$nic.arp_ignore=1" "net.ipv4.conf.$nic.arp_announce=2" >/dev/null
 }
 
 # Start a long-lived process in a namespace, detached from our terminal (its own session: a
@@ -356,8 +395,9 @@ spawn() { # spawn NS LOG CMD...
 
 start_server() {
   local i=$1
+  # Listens on every address: the cluster IP (lo) and the dedicated address (NIC).
   spawn "$(ns_srv "$i")" "$LOGDIR/s$i.log" \
-    python3 "$SCRIPTS/lab-server.py" --host "$i" --bind "$(server_ip "$i")" --name "$(ns_srv "$i")"
+    python3 "$SCRIPTS/lab-server.py" --host "$i" --bind 0.0.0.0 --name "$(ns_srv "$i")"
   SRV_PID[i]=$!
 }
 
@@ -370,6 +410,12 @@ lcores() {
   echo "$out"
 }
 
+members() { # the static membership: every host of the lab, "1, 2, 3"
+  local i out=""
+  for ((i = 1; i <= HOSTS; i++)); do out+="${out:+, }$i"; done
+  echo "$out"
+}
+
 start_appliance() {
   local i=$1
   local cfg="$LOGDIR/h$i.toml" log="$LOGDIR/h$i.log"
@@ -378,23 +424,29 @@ start_appliance() {
     --vdev "net_af_packet0,iface=$(if_cluster "$i")"
     --vdev "net_af_packet1,iface=$(if_host "$i")"
     --lcores "$(lcores)")
-  if [ "$APPLIANCE" = testpmd ]; then
-    # io forwarding between the two ports = the same bump in the wire. Non-interactive testpmd
-    # waits in a stats loop (period long enough to stay silent) until SIGINT. Its default mbuf
-    # pool (~155k mbufs, 338 MB) does not fit in -m 256: ask for far fewer.
-    spawn "$(ns_app "$i")" "$log" dpdk-testpmd "${eal[@]}" -- \
-      --forward-mode=io --no-mlockall --stats-period 86400 --total-num-mbufs 8192
-  else
-    cat >"$cfg" <<EOF
+  cat >"$cfg" <<EOF
 # wlbs lab, host $i (written by scripts/lab.sh)
 [dataplane]
-cluster_port = "net_af_packet0"   # $(if_cluster "$i"), towards the switch
-host_port = "net_af_packet1"      # $(if_host "$i"), towards server $i
+cluster_port = "net_af_packet0"  # $(if_cluster "$i"), towards the switch
+host_port = "net_af_packet1"  # $(if_host "$i"), towards server $i
 workers = $WORKERS
-busy_poll = false                 # appliances share the CPUs
+busy_poll = false  # the appliances share the CPUs
+host_mac = "$(server_mac "$i")"  # server $i: accepted frames are rewritten to it
+
+[cluster]
+ip = "$CLUSTER_IP"  # cluster MAC $CLUSTER_MAC (unicast mode)
+members = [$(members)]  # static membership: every host of the lab is live
+
+[host]
+priority = $i
+dedicated_ip = "$(server_ip "$i")"  # server $i's own address: never load balanced
+
+[[port_rule]]
+ports = "80"
+protocol = "tcp"
+affinity = "none"  # client address + port: each connection on its own
 EOF
-    spawn "$(ns_app "$i")" "$log" "$(wlbs_bin)" run --config "$cfg" -- "${eal[@]}"
-  fi
+  spawn "$(ns_app "$i")" "$log" "$(wlbs_bin)" run --config "$cfg" -- "${eal[@]}"
   APP_PID[i]=$!
 }
 
@@ -405,44 +457,51 @@ log_tail() { # log_tail FILE
   grep -avE '^([[:space:]]|$|Usage: |EAL (common|Linux) options:|EAL options for DEBUG)' "$1" | tail -n 15 | sed 's/^/  | /' >&2
 }
 
-# The one probe for "host i is reachable from the client through its appliance".
-probe() {
+# The one readiness probe: GET /ready (answers "host N" like /, but the servers do not count
+# it) at ADDR from the client. Prints the host that answered.
+probe() { # probe ADDR
   local out
-  out=$(ip netns exec "$NS_CLIENT" curl -s --max-time 0.5 "http://$(server_ip "$1")/" 2>/dev/null) &&
-    [ "$out" = "host $1" ]
+  out=$(ip netns exec "$NS_CLIENT" curl -s --max-time 0.5 "http://$1/ready" 2>/dev/null) &&
+    [[ $out =~ ^host\ ([0-9]+)$ ]] && echo "${BASH_REMATCH[1]}"
 }
 
-# Wait until every appliance runs and carries traffic to its server. An appliance that exits
-# meanwhile failed to start.
+# An appliance or a server that exited: it failed to start or crashed.
+check_alive() {
+  local i rc dead=0
+  for ((i = 1; i <= HOSTS; i++)); do
+    if ! is_running "${APP_PID[i]}"; then
+      rc=0
+      wait "${APP_PID[i]}" 2>/dev/null || rc=$?
+      warn "appliance h$i exited with status $rc"
+      log_tail "$LOGDIR/h$i.log"
+      dead=1
+    elif ! is_running "${SRV_PID[i]}"; then
+      warn "server s$i exited"
+      log_tail "$LOGDIR/s$i.log"
+      dead=1
+    fi
+  done
+  return $dead
+}
+
+# Wait until every host answers at its dedicated address through its appliance (which passes
+# it through unchanged), then until the cluster IP answers (some host accepted it).
 wait_ready() {
-  local t0 deadline i pending=()
+  local t0 deadline i who pending=()
   t0=$(now_ms)
   deadline=$((t0 + READY_TIMEOUT * 1000))
   for ((i = 1; i <= HOSTS; i++)); do pending+=("$i"); done
   while [ ${#pending[@]} -gt 0 ]; do
+    check_alive || exit 1
     local still=()
-    local dead=0
     for i in "${pending[@]}"; do
-      if ! is_running "${APP_PID[i]}"; then
-        local rc=0
-        wait "${APP_PID[i]}" 2>/dev/null || rc=$?
-        warn "appliance h$i failed to start: it exited with status $rc"
-        log_tail "$LOGDIR/h$i.log"
-        dead=1
-      elif ! is_running "${SRV_PID[i]}"; then
-        warn "server s$i exited"
-        log_tail "$LOGDIR/s$i.log"
-        dead=1
-      elif ! probe "$i"; then
-        still+=("$i")
-      fi
+      who=$(probe "$(server_ip "$i")") && [ "$who" = "$i" ] || still+=("$i")
     done
-    [ $dead = 0 ] || exit 1
     pending=("${still[@]}")
     [ ${#pending[@]} -eq 0 ] && break
     if [ "$(now_ms)" -ge $deadline ]; then
       for i in "${pending[@]}"; do
-        if ip netns exec "$(ns_srv "$i")" curl -s --max-time 1 "http://$(server_ip "$i")/" >/dev/null; then
+        if ip netns exec "$(ns_srv "$i")" curl -s --max-time 1 "http://$(server_ip "$i")/ready" >/dev/null; then
           warn "host $i ($(server_ip "$i")) answers locally but not through appliance h$i within ${READY_TIMEOUT}s"
         else
           warn "server s$i does not answer even locally"
@@ -454,104 +513,288 @@ wait_ready() {
     fi
     sleep 0.2
   done
-  say "all $HOSTS hosts reachable through their appliances after $(fmt_ms $(($(now_ms) - t0)))"
+  local t1
+  t1=$(now_ms)
+  until who=$(probe "$CLUSTER_IP"); do
+    check_alive || exit 1
+    if [ "$(now_ms)" -ge $deadline ]; then
+      warn "the cluster IP $CLUSTER_IP does not answer within ${READY_TIMEOUT}s, though every dedicated address does"
+      for ((i = 1; i <= HOSTS; i++)); do log_tail "$LOGDIR/h$i.log"; done
+      exit 1
+    fi
+    sleep 0.2
+  done
+  say "all $HOSTS dedicated addresses answer through their appliances after $(fmt_ms $((t1 - t0)));" \
+    "the cluster IP $CLUSTER_IP answers (host $who) after $(fmt_ms $(($(now_ms) - t0)))"
+  read_buckets
+}
+
+# How many buckets each appliance says it owns (its start-up log line).
+read_buckets() {
+  local i n
+  for ((i = 1; i <= HOSTS; i++)); do
+    n=$(grep -aoE '[0-9]+ bucket\(s\) owned here' "$LOGDIR/h$i.log" | tail -n 1 | cut -d' ' -f1 || true)
+    BUCKETS[$i]=${n:--}
+  done
+}
+
+# The switch must flood frames for the cluster MAC to every host: the bridge must never have
+# learned it (no frame carries it as source), and every port must flood unknown unicast.
+# Checked before the workload (a failure ends the run at once) and after it.
+check_switch() { # check_switch [before|after]
+  local fdb ports learned bad=0
+  if ! fdb=$(ip netns exec "$NS_SW" bridge fdb show br "$BRIDGE" 2>&1); then
+    warn "FAIL: bridge fdb show in $NS_SW failed: $fdb"
+    FAILED=1
+    return
+  fi
+  if grep -qi "^$CLUSTER_MAC " <<<"$fdb"; then
+    warn "FAIL: the bridge learned the cluster MAC $CLUSTER_MAC, so it no longer floods frames" \
+      "for the cluster IP to every host (something sent a frame with it as source):"
+    grep -i "^$CLUSTER_MAC " <<<"$fdb" | sed 's/^/  | /' >&2
+    bad=1
+  fi
+  ports=$(ip netns exec "$NS_SW" bridge -d link show 2>&1 | grep -c 'flood off' || true)
+  if [ "$ports" != 0 ]; then
+    warn "FAIL: $ports bridge port(s) do not flood unknown unicast (bridge -d link show in $NS_SW)"
+    bad=1
+  fi
+  learned=$(grep -v permanent <<<"$fdb" | grep -c ' master ' || true)
+  if [ $bad = 1 ]; then
+    FAILED=1
+    [ "${1:-after}" = after ] || exit 1
+  elif [ "${1:-after}" = after ]; then
+    say "switch: the bridge learned $learned MACs (client, servers), not the cluster MAC" \
+      "$CLUSTER_MAC: it floods frames for the cluster IP to all $HOSTS hosts"
+  fi
 }
 
 # ----------------------------------------------------------------------------------------
-# The workload: change these two functions when the workload changes (e.g. one cluster IP)
+# The workload
 # ----------------------------------------------------------------------------------------
 
-# What the client requests: one "URL EXPECTED" per line, EXPECTED the host that must answer
-# or "-" for any host. Today each host is reached at its dedicated address, REQUESTS times,
-# interleaved. With the filter this becomes REQUESTS*HOSTS lines "http://<cluster IP>/ -".
-workload_targets() {
-  local n i
-  for ((n = 1; n <= REQUESTS; n++)); do
-    for ((i = 1; i <= HOSTS; i++)); do
-      printf 'http://%s/ %s\n' "$(server_ip "$i")" "$i"
-    done
+# One client loop; runs inside the client namespace (bash -c, see run_workload). It sends
+# requests FIRST, FIRST+STEP, ... below TOTAL; request k goes from client address k mod ADDRS,
+# each a new curl and so a new TCP connection from a new source port. No request starts after
+# DEADLINE (epoch ms). One tab-separated line per request: k, source address, source port,
+# curl status ("skip": not sent), the answer or curl's error.
+client_loop() { # client_loop URL FIRST STEP TOTAL NET BASE ADDRS DEADLINE MAX_TIME ERRFILE
+  local url=$1 k=$2 step=$3 total=$4 net=$5 base=$6 addrs=$7 deadline=$8 max=$9 errf=${10}
+  local src out rc port t
+  for ((; k < total; k += step)); do
+    src=$net.$((base + k % addrs))
+    t=${EPOCHREALTIME/[.,]/}
+    if ((t / 1000 >= deadline)); then
+      printf '%d\t%s\t-\tskip\tnot sent: workload time limit reached\n' "$k" "$src"
+      continue
+    fi
+    rc=0
+    out=$(curl -sS --fail --max-time "$max" --interface "$src" -w '\t%{local_port}' "$url" \
+      2>"$errf") || rc=$?
+    port=${out##*$'\t'}
+    out=${out%$'\t'*}
+    [ $rc = 0 ] || out=$(cat "$errf")
+    out=${out%$'\n'}
+    printf '%d\t%s\t%s\t%s\t%s\n' "$k" "$src" "${port:--}" "$rc" "${out//$'\n'/ }"
   done
 }
 
 count_failure() { FAILURES[$1]=$((${FAILURES[$1]:-0} + 1)); }
 
-# Run the targets from the client namespace, one new TCP connection each (curl per request),
-# bounded per request (CURL_MAX_TIME) and overall (WORKLOAD_TIMEOUT): tallies ANSWERED[host]
-# and FAILURES[reason].
+# Stop the client loops (Ctrl-C or time-out); their curls end with them or within
+# CURL_MAX_TIME, and teardown kills whatever is left in the client namespace.
+stop_clients() {
+  local pid
+  for pid in "${CLIENT_PID[@]}"; do
+    if is_running "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+}
+
+# PARALLEL client loops in the client namespace share the REQUESTS requests to the cluster IP;
+# bounded per request (CURL_MAX_TIME) and overall (WORKLOAD_TIMEOUT).
 run_workload() {
-  local url expect out rc t0 deadline
+  local t0 deadline guard w pid alive
   WORKLOAD_STATE=running
   t0=$(now_ms)
   deadline=$((t0 + WORKLOAD_TIMEOUT * 1000))
-  while read -r url expect; do
-    TOTAL=$((TOTAL + 1))
-    if [ "$(now_ms)" -ge $deadline ]; then
-      count_failure "not sent: workload time limit (${WORKLOAD_TIMEOUT}s) reached"
-      continue
+  for ((w = 0; w < PARALLEL; w++)); do
+    ip netns exec "$NS_CLIENT" bash -c "$(declare -f client_loop); client_loop \"\$@\"" \
+      client_loop "http://$CLUSTER_IP/" "$w" "$PARALLEL" "$REQUESTS" "$NET" "$CLIENT_BASE" \
+      "$CLIENT_ADDRS" "$deadline" "$CURL_MAX_TIME" "$LOGDIR/c$w.err" \
+      </dev/null >"$LOGDIR/c$w.out" 2>"$LOGDIR/c$w.log" 9>&- &
+    CLIENT_PID[w]=$!
+  done
+  # The loops stop on their own by the deadline plus one request; this is the backstop.
+  guard=$((deadline + (CURL_MAX_TIME + 3) * 1000))
+  while :; do
+    alive=0
+    for pid in "${CLIENT_PID[@]}"; do is_running "$pid" && alive=1; done
+    [ $alive = 0 ] && break
+    if [ "$(now_ms)" -ge $guard ]; then
+      warn "client loops still running $((CURL_MAX_TIME + 3))s after the workload deadline; stopping them"
+      stop_clients
+      FAILED=1
+      break
     fi
-    out=$(ip netns exec "$NS_CLIENT" curl -sS --fail --max-time "$CURL_MAX_TIME" "$url" \
-      </dev/null 2>&1) && rc=0 || rc=$?
-    local reason=""
-    if [ $rc != 0 ]; then
-      reason="$url: ${out:-curl exit $rc}"
-      # Failures of one kind group together: drop curl's per-attempt timing.
-      reason=$(sed -E 's/after [0-9]+ (ms|milliseconds|seconds)/after .../; s/ with [0-9]+ (out of -?[0-9]+ )?bytes received//' <<<"$reason")
-    elif [[ ! $out =~ ^host\ ([0-9]+)$ ]]; then
-      reason="$url: unexpected answer '${out:0:60}'"
-    elif [ "$expect" != - ] && [ "${BASH_REMATCH[1]}" != "$expect" ]; then
-      reason="$url: answered by host ${BASH_REMATCH[1]}, expected host $expect"
-    else
-      ANSWERED[${BASH_REMATCH[1]}]=$((${ANSWERED[${BASH_REMATCH[1]}]:-0} + 1))
-      OK=$((OK + 1))
-    fi
-    [ -z "$reason" ] || count_failure "$reason"
-  done < <(workload_targets)
+    sleep 0.1
+  done
+  for pid in "${CLIENT_PID[@]}"; do wait "$pid" 2>/dev/null || true; done
   WORKLOAD_MS=$(($(now_ms) - t0))
+  collect_results
   WORKLOAD_STATE=finished
 }
 
-# Which host answered how many requests, and the failures grouped by reason.
-summarize() {
-  local i failed=$((TOTAL - OK)) reason
-  say "workload: $TOTAL requests from $NS_CLIENT ($CLIENT_IP) in $(fmt_ms "$WORKLOAD_MS")," \
-    "max ${CURL_MAX_TIME}s each, ${WORKLOAD_TIMEOUT}s overall"
-  printf '  %-6s %-14s %8s\n' host address answered
-  for ((i = 1; i <= HOSTS; i++)); do
-    printf '  %-6s %-14s %8d\n' "h$i" "$(server_ip "$i")" "${ANSWERED[$i]:-0}"
+# Tally the client loops' lines: ANSWERED[host], OK, TOTAL, FAILURES[reason] and the number
+# of distinct sources (address:port) of answered requests.
+collect_results() {
+  local k src port rc text reason w
+  ANSWERED=() FAILURES=() TOTAL=0 OK=0
+  local -A seen=()
+  for ((w = 0; w < PARALLEL; w++)); do
+    [ -f "$LOGDIR/c$w.out" ] || continue
+    while IFS=$'\t' read -r k src port rc text; do
+      [ -n "$rc" ] || continue # a line cut short by an interruption
+      TOTAL=$((TOTAL + 1))
+      reason=""
+      if [ "$rc" = skip ]; then
+        reason="$text (${WORKLOAD_TIMEOUT}s)"
+      elif [ "$rc" != 0 ]; then
+        # Failures of one kind group together: drop curl's per-attempt figures.
+        reason=$(sed -E 's/after [0-9]+ (ms|milliseconds|seconds)/after .../; s/ with [0-9]+ (out of -?[0-9]+ )?bytes received//' <<<"${text:-curl exit $rc}")
+      elif [[ ! $text =~ ^host\ ([0-9]+)$ ]]; then
+        reason="unexpected answer '${text:0:60}'"
+      else
+        ANSWERED[${BASH_REMATCH[1]}]=$((${ANSWERED[${BASH_REMATCH[1]}]:-0} + 1))
+        OK=$((OK + 1))
+        seen[$src:$port]=1
+      fi
+      [ -z "$reason" ] || count_failure "$reason"
+    done <"$LOGDIR/c$w.out"
   done
-  printf '  %-21s %8d\n' failed "$failed"
-  for reason in "${!FAILURES[@]}"; do
-    printf '    %4dx %s\n' "${FAILURES[$reason]}" "$reason"
-  done
-  [ "$failed" = 0 ] || FAILED=1
+  SOURCES=${#seen[@]}
 }
 
-# An appliance that died under the workload is a failure even if every request got through.
-check_appliances() {
-  local i rc
+# Each server's count of requests to / it served, fetched at its dedicated address (not
+# counted itself).
+fetch_served() {
+  local i out
   for ((i = 1; i <= HOSTS; i++)); do
-    if ! is_running "${APP_PID[i]}"; then
-      rc=0
-      wait "${APP_PID[i]}" 2>/dev/null || rc=$?
-      warn "appliance h$i died during the run (status $rc)"
-      log_tail "$LOGDIR/h$i.log"
+    if out=$(ip netns exec "$NS_CLIENT" curl -sS --fail --max-time "$CURL_MAX_TIME" \
+      "http://$(server_ip "$i")/count" 2>&1) && [[ $out =~ ^[0-9]+$ ]]; then
+      SERVED[$i]=$out
+    else
+      warn "could not fetch server s$i's count at http://$(server_ip "$i")/count: ${out:0:80}"
+      SERVED[$i]=-
       FAILED=1
     fi
   done
 }
 
+pct() { # pct PART WHOLE: one decimal
+  local p=$(($2 > 0 ? ($1 * 1000 + $2 / 2) / $2 : 0))
+  printf '%d.%d%%' $((p / 10)) $((p % 10))
+}
+
+# Who answered how much, what each server says it served, the failures grouped by reason;
+# and the verdict: every request answered, counts adding up, every host taking a share.
+summarize() {
+  local i failed reason served_sum=0 missing
+  local -a problems=()
+  failed=$((REQUESTS - OK))
+  missing=$((REQUESTS - TOTAL))
+  [ $missing -le 0 ] || FAILURES["no result from a client loop (see $LOGDIR/c*.log)"]=$missing
+  say "workload: $REQUESTS requests to http://$CLUSTER_IP/ from $CLIENT_ADDRS client addresses" \
+    "($(client_ip 0)-$((CLIENT_BASE + CLIENT_ADDRS - 1))), $PARALLEL at a time, in" \
+    "$(fmt_ms "$WORKLOAD_MS"); $SOURCES distinct source address:port pairs answered;" \
+    "max ${CURL_MAX_TIME}s each, ${WORKLOAD_TIMEOUT}s overall"
+  printf '  %-6s %-12s %7s %9s %7s %9s\n' host dedicated buckets answered share served
+  for ((i = 1; i <= HOSTS; i++)); do
+    printf '  %-6s %-12s %7s %9d %7s %9s\n' "h$i" "$(server_ip "$i")" "${BUCKETS[$i]:--}" \
+      "${ANSWERED[$i]:-0}" "$(pct "${ANSWERED[$i]:-0}" "$OK")" "${SERVED[$i]:--}"
+    if [[ ${SERVED[$i]:--} =~ ^[0-9]+$ ]]; then
+      served_sum=$((served_sum + SERVED[$i]))
+      if [ "${SERVED[$i]}" != "${ANSWERED[$i]:-0}" ]; then
+        problems+=("h$i: its server served ${SERVED[$i]} requests, the client got ${ANSWERED[$i]:-0} answers from host $i")
+      fi
+    else
+      problems+=("h$i: its server's count is unknown")
+    fi
+    [ "${ANSWERED[$i]:-0}" != 0 ] || problems+=("h$i answered no request")
+  done
+  # Answers naming a host that does not exist (cannot happen; shows if it does).
+  for i in "${!ANSWERED[@]}"; do
+    if [ "$i" -lt 1 ] || [ "$i" -gt "$HOSTS" ]; then
+      problems+=("${ANSWERED[$i]} answers from host $i, which does not exist")
+    fi
+  done
+  printf '  %-6s %-12s %7s %9d %7s %9d\n' all "$CLUSTER_IP" 60 "$OK" "$(pct "$OK" "$OK")" "$served_sum"
+  printf '  %-6s %-12s %7s %9d\n' failed "" "" "$failed"
+  for reason in "${!FAILURES[@]}"; do
+    printf '    %4dx %s\n' "${FAILURES[$reason]}" "$reason"
+  done
+  [ "$failed" = 0 ] || problems+=("$failed of $REQUESTS requests failed")
+  if [ "$served_sum" -gt "$OK" ]; then
+    problems+=("the servers served $served_sum requests but the client got $OK answers:" \
+      "some request was served twice or served and then lost")
+  elif [ "$served_sum" -lt "$OK" ]; then
+    problems+=("the servers served $served_sum requests but the client got $OK answers")
+  fi
+  if [ ${#problems[@]} -eq 0 ]; then
+    say "the servers served $served_sum requests = $OK answered: each request served exactly once"
+  else
+    for reason in "${problems[@]}"; do warn "FAIL: $reason"; done
+    FAILED=1
+  fi
+}
+
+# An appliance or server that died under the workload is a failure even if every request
+# got through.
+check_appliances() {
+  check_alive || FAILED=1
+}
+
+# From the appliances' summary lines: every frame to the cluster IP reaches every host (the
+# bridge floods it) and exactly one accepts it, so accepted + not ours is the same on every
+# host and equals the accepted frames of all hosts together. Informational: a frame one
+# af_packet port missed shows here too.
+check_filter_counts() {
+  local i acc=0 seen line
+  local -a each=()
+  for ((i = 1; i <= HOSTS; i++)); do
+    line=${SUMMARY[$i]:-}
+    if [[ $line =~ filter\ accepted\ ([0-9]+),\ passed\ ([0-9]+),\ not\ ours\ ([0-9]+) ]]; then
+      acc=$((acc + BASH_REMATCH[1]))
+      each+=("h$i $((BASH_REMATCH[1] + BASH_REMATCH[3]))")
+    else
+      warn "h$i: no filter counts in its summary line"
+      return
+    fi
+  done
+  seen=$(printf '%s\n' "${each[@]}" | awk '{print $2}' | sort -u | tr '\n' ' ')
+  if [ "$seen" = "$acc " ]; then
+    say "filter: every host judged the same $acc frames to the cluster IP; together they" \
+      "accepted $acc, each frame exactly once"
+  else
+    warn "filter: frames to the cluster IP judged per host (accepted + not ours): ${each[*]};" \
+      "accepted by all hosts together: $acc (should all be equal)"
+  fi
+}
+
 print_usage_up() {
-  local bin=wlbs
-  [ "$APPLIANCE" = testpmd ] && bin=dpdk-testpmd
   cat <<EOF
-lab: up: $HOSTS hosts, each behind its own $bin appliance; nothing is torn down.
-  client:      ip netns exec $NS_CLIENT curl -s http://$(server_ip 1)/      (answers "host 1")
+lab: up: $HOSTS hosts share the cluster IP $CLUSTER_IP (cluster MAC $CLUSTER_MAC, pinned in the
+  client's neighbour table); each host is a wlbs appliance in front of its server.
+  the cluster: for n in \$(seq 10); do ip netns exec $NS_CLIENT curl -s http://$CLUSTER_IP/; done
+  from another client address ($(client_ip 0) .. $(client_ip $((CLIENT_ADDRS - 1)))):
+               ip netns exec $NS_CLIENT curl -s --interface $(client_ip 23) http://$CLUSTER_IP/
+  one host:    ip netns exec $NS_CLIENT curl -s http://$(server_ip 1)/      (dedicated: always "host 1")
+  served by I: ip netns exec $NS_CLIENT curl -s http://192.0.2.(10+I)/count
   shell:       ip netns exec $NS_CLIENT bash
-  the switch:  ip netns exec $NS_SW tcpdump -eni $BRIDGE
-  appliance i: namespace wlbs-lab-aI, ports wlbs-aI-cl (cluster) / wlbs-aI-ho (host)
-  server i:    namespace wlbs-lab-sI, wlbs-sI, address 192.0.2.(10+I)
+  the switch:  ip netns exec $NS_SW tcpdump -eni $BRIDGE;  ip netns exec $NS_SW bridge fdb show br $BRIDGE
+  appliance I: namespace wlbs-lab-aI, ports wlbs-aI-cl (cluster) / wlbs-aI-ho (host)
+  server I:    namespace wlbs-lab-sI, wlbs-sI, address 192.0.2.(10+I), cluster IP on lo
   logs:        $LOGDIR (hI.log appliance, sI.log server, hI.toml config)
-  stop:        scripts/lab.sh down
+  stop:        scripts/lab.sh down   (prints each appliance's summary line)
 EOF
 }
 
@@ -567,9 +810,11 @@ main() {
       --hosts=*) HOSTS=${1#*=} ;;
       --requests) REQUESTS=${2:?--requests needs a number}; shift ;;
       --requests=*) REQUESTS=${1#*=} ;;
+      --parallel) PARALLEL=${2:?--parallel needs a number}; shift ;;
+      --parallel=*) PARALLEL=${1#*=} ;;
       --no-build) NO_BUILD=1 ;;
-      --appliance) APPLIANCE=${2:?--appliance needs wlbs or testpmd}; shift ;;
-      --appliance=*) APPLIANCE=${1#*=} ;;
+      --appliance | --appliance=*)
+        die "--appliance is gone: a pass-through stand-in (testpmd) cannot filter the cluster IP" ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; exit 2 ;;
     esac
@@ -605,22 +850,29 @@ main() {
   create_switch
   create_client
   for ((i = 1; i <= HOSTS; i++)); do create_host "$i"; done
-  say "namespaces and veths for $HOSTS hosts ready in $(fmt_ms $(($(now_ms) - t0)))"
+  say "namespaces and veths for $HOSTS hosts ready in $(fmt_ms $(($(now_ms) - t0)));" \
+    "cluster IP $CLUSTER_IP, cluster MAC $CLUSTER_MAC"
 
   for ((i = 1; i <= HOSTS; i++)); do start_server "$i"; done
   for ((i = 1; i <= HOSTS; i++)); do start_appliance "$i"; done
-  say "started $HOSTS ${APPLIANCE} appliances (lcores $(lcores)), logs in $LOGDIR"
+  say "started $HOSTS wlbs appliances (static members [$(members)], lcores $(lcores)), logs in $LOGDIR"
   wait_ready
 
   if [ "$cmd" = up ]; then
+    check_switch after
     KEEP_LAB=1
     print_usage_up
     return 0
   fi
 
+  check_switch before
   run_workload
-  summarize
+  fetch_served
+  check_switch after
   check_appliances
+  stop_appliances
+  check_filter_counts
+  summarize
 }
 
 main "$@"
