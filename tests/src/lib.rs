@@ -2,6 +2,8 @@
 //! unique DPDK `--file-prefix` (DPDK allows one EAL per process), stop it like an operator
 //! would (SIGINT/SIGTERM), and clean up `/var/run/dpdk/<prefix>` afterwards.
 
+pub mod frames;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
