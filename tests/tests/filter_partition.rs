@@ -1671,13 +1671,12 @@ fn parse_flow(packet: &[u8]) -> Option<ParsedFlow> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bugs found (failing tests, ignored until fixed).
+// Regression tests for bugs this suite found.
 
 /// RFC 8200 section 4.5: the Fragment header's Next Header is the first header of the
 /// fragmentable part, which may be an extension header (Destination Options, AH) rather than
 /// the upper layer. Every fragment of one datagram must still get the same verdict.
 #[test]
-#[ignore = "bug: IPv6 fragments are keyed by the upper-layer protocol of the first fragment but by the Fragment header's Next Header in later ones, so a datagram whose fragmentable part starts with Destination Options loses every fragment after the first"]
 fn ipv6_fragments_after_a_destination_options_header_follow_the_first_fragment() {
     let v4 = Ipv4Addr::new(192, 0, 2, 10);
     let vip = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
@@ -1883,7 +1882,6 @@ fn during_a_bucket_hand_off_old_connections_stay_and_new_ones_go_to_the_new_owne
 }
 
 #[test]
-#[ignore = "bug: a SYN for a connection the old owner holds a descriptor for is accepted by the old owner (descriptor) and by the new owner (incoming SYN) during a bucket hand-off"]
 fn a_syn_retransmitted_during_a_bucket_hand_off_reaches_only_one_member() {
     let mut h = HandOff::new();
     // The client's SYN reaches host 1, which owns the bucket; its SYN-ACK is lost.

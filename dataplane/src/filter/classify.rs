@@ -163,7 +163,8 @@ impl Filter {
         };
         let mut ethertype = eth.ethertype();
         let mut payload = eth.payload();
-        // Up to two VLAN tags (802.1Q, 802.1ad): classified like untagged frames.
+        // Up to two VLAN tags (802.1Q, 802.1ad): classified like untagged frames. A third tag
+        // is refused rather than passed: passing would hand a VIP frame inside to every host.
         for _ in 0..2 {
             if !ethertype.is_vlan_tag() {
                 break;
@@ -173,6 +174,9 @@ impl Filter {
             }
             ethertype = EtherType(u16::from_be_bytes([payload[2], payload[3]]));
             payload = &payload[4..];
+        }
+        if ethertype.is_vlan_tag() {
+            return Decision::of(Verdict::Drop(Reason::Malformed));
         }
         match ethertype {
             EtherType::IPV4 => self.classify_ipv4(t, payload, now_ms),
@@ -232,11 +236,13 @@ impl Filter {
         };
         let src = u128::from(ip.src_addr());
         let l4 = ip.upper_layer_payload(&upper);
+        // RFC 8200 reassembles by (source, destination, identification): no protocol, since
+        // later fragments do not show the first one's upper-layer protocol.
         let datagram = upper.fragment.map(|f| DatagramKey {
             src,
             dst,
             id: f.ident,
-            protocol: upper.protocol.0,
+            protocol: 0,
         });
         let later = upper.fragment.is_some_and(|f| f.offset != 0);
         self.fragment_aware(datagram, later, now_ms, |f| {
@@ -450,8 +456,15 @@ impl Filter {
         if !ours {
             return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
         }
-        // A connection we hold a descriptor for stays ours while the bucket is ours in any way.
+        // A connection we hold a descriptor for stays ours while the bucket is ours in any way,
+        // except that a SYN in a bucket moving away is a new connection (a retransmitted SYN,
+        // or a 4-tuple reused after a close): the new owner takes those, so we let go.
         if self.conns.lookup(&key, now_ms).is_some() {
+            let moving_away = own.outgoing & bit != 0 && (own.owned | own.incoming) & bit == 0;
+            if moving_away && matches!(segment, Segment::Tcp { syn: true, .. }) {
+                self.conns.remove(&key);
+                return decided(Verdict::Drop(Reason::HandedOff), Some(bucket));
+            }
             match segment {
                 Segment::Tcp { rst: true, .. } => {
                     self.conns.remove(&key);

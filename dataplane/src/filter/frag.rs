@@ -37,13 +37,18 @@ struct Decided {
     decided_ms: u32,
 }
 
-/// Verdicts of first fragments, direct-mapped by key hash: fixed memory, no allocation per
-/// packet. A collision evicts the older datagram, whose later fragments then time out.
+/// Verdicts of first fragments in a 4-way set-associative cache keyed by datagram: fixed
+/// memory, no allocation per packet. A full set evicts its oldest entry, whose later fragments
+/// (if any are still to come) then time out; with 4 ways that takes five datagrams in flight
+/// mapping to one set of 1,024.
 pub struct FragmentTable {
     slots: Box<[Option<Decided>]>,
-    mask: usize,
+    /// Sets - 1 (the number of sets is a power of two).
+    set_mask: usize,
     lifetime_ms: u32,
 }
+
+const WAYS: usize = 4;
 
 /// Defaults: 4,096 datagrams remembered for 5 s; 256 fragments held for at most 500 ms.
 pub const DEFAULT_DATAGRAMS: usize = 4096;
@@ -58,20 +63,42 @@ impl Default for FragmentTable {
 }
 
 impl FragmentTable {
-    /// `datagrams` is rounded up to a power of two.
+    /// Room for `datagrams` (rounded up to a power of two, at least one set).
     pub fn new(datagrams: usize, lifetime_ms: u32) -> FragmentTable {
-        let n = datagrams.max(1).next_power_of_two();
+        let sets = (datagrams.max(WAYS) / WAYS).next_power_of_two();
         FragmentTable {
-            slots: vec![None; n].into_boxed_slice(),
-            mask: n - 1,
+            slots: vec![None; sets * WAYS].into_boxed_slice(),
+            set_mask: sets - 1,
             lifetime_ms,
         }
     }
 
+    fn set(&self, key: &DatagramKey) -> std::ops::Range<usize> {
+        let first = (key.slot_hash() as usize & self.set_mask) * WAYS;
+        first..first + WAYS
+    }
+
     /// Remembers the first fragment's verdict for the datagram's later fragments.
     pub fn record(&mut self, key: DatagramKey, verdict: Verdict, now_ms: u32) {
-        let i = key.slot_hash() as usize & self.mask;
-        self.slots[i] = Some(Decided {
+        let range = self.set(&key);
+        let set = &mut self.slots[range];
+        // The same datagram again, else a free or expired way, else the oldest.
+        let lifetime = self.lifetime_ms;
+        let way = set
+            .iter()
+            .position(|d| d.is_some_and(|d| d.key == key))
+            .or_else(|| {
+                set.iter().position(|d| match d {
+                    None => true,
+                    Some(d) => now_ms.wrapping_sub(d.decided_ms) > lifetime,
+                })
+            })
+            .unwrap_or_else(|| {
+                (0..WAYS)
+                    .max_by_key(|&i| set[i].map_or(u32::MAX, |d| now_ms.wrapping_sub(d.decided_ms)))
+                    .unwrap_or(0)
+            });
+        set[way] = Some(Decided {
             key,
             verdict,
             decided_ms: now_ms,
@@ -80,13 +107,12 @@ impl FragmentTable {
 
     /// The verdict of the datagram's first fragment, if seen recently.
     pub fn lookup(&self, key: &DatagramKey, now_ms: u32) -> Option<Verdict> {
-        let i = key.slot_hash() as usize & self.mask;
-        match &self.slots[i] {
+        self.slots[self.set(key)].iter().find_map(|d| match d {
             Some(d) if d.key == *key && now_ms.wrapping_sub(d.decided_ms) <= self.lifetime_ms => {
                 Some(d.verdict)
             }
             _ => None,
-        }
+        })
     }
 }
 
@@ -227,6 +253,22 @@ mod tests {
         held.release(&t, 501, |item, v| out.push((item, v)));
         assert_eq!(out, vec![(1, None), (2, None)]);
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_busy_set_keeps_four_datagrams_and_evicts_the_oldest() {
+        // One set only: every key collides.
+        let mut t = FragmentTable::new(4, 5_000);
+        for id in 0..4 {
+            t.record(key(id), Verdict::Accept(Reason::BucketOwned), id);
+        }
+        for id in 0..4 {
+            assert!(t.lookup(&key(id), 10).is_some(), "datagram {id}");
+        }
+        t.record(key(9), Verdict::Drop(Reason::NotOwned), 11);
+        assert!(t.lookup(&key(0), 12).is_none(), "the oldest went");
+        assert!(t.lookup(&key(9), 12).is_some());
+        assert!(t.lookup(&key(3), 12).is_some());
     }
 
     #[test]

@@ -149,7 +149,11 @@ impl FilterTable {
             }
             vip_maps.push(offsets);
         }
-        let maps: Vec<u8> = maps.iter().flat_map(|m| m.iter().copied()).collect();
+        let mut flat = Vec::with_capacity(maps.len() * PORT_MAP_LEN);
+        for m in &maps {
+            flat.extend_from_slice(&m[..]);
+        }
+        let maps = flat;
         let rules = spec
             .rules
             .iter()
