@@ -100,8 +100,8 @@ impl Replay<'_> {
             let now_ms = (rec.timestamp_ns.saturating_sub(start) / 1_000_000) as u32;
             filter.expire(now_ms, 1024);
             let d = filter.classify(&table, &rec.data, now_ms);
-            if let (Verdict::Hold, Some(key)) = (d.verdict, d.datagram) {
-                if held.hold(key, i, now_ms).is_err() {
+            if d.verdict == Verdict::Hold {
+                if held.hold(filter.held_datagram(), i, now_ms).is_err() {
                     verdicts[i] = Some(Decision::of(Verdict::Drop(Reason::FragmentOverflow)));
                 }
             } else {

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 use hdrhistogram::Histogram;
 
-use crate::filter::classify::{Decision, Filter};
+use crate::filter::classify::{Decision, Filter, Tally};
 use crate::filter::frag::{DatagramKey, HeldFragments};
 use crate::filter::table::FilterTable;
 use crate::filter::{Reason, Verdict};
@@ -304,10 +304,11 @@ fn filter_inbound(
         let filter_counters = f.filter.counters();
         let hold_for: Cell<Option<DatagramKey>> = Cell::new(None);
         let filter = &mut f.filter;
+        let mut tally = Tally::default();
         burst.retain_or(
             |m| {
                 let d = filter.classify(&table, m.data(), now_ms);
-                filter_counters.count(&d);
+                tally.add(&filter_counters, &d);
                 match d.verdict {
                     Verdict::Accept(_) => {
                         if let Some(mac) = host_mac {
@@ -318,7 +319,7 @@ fn filter_inbound(
                     Verdict::Pass(_) => true,
                     Verdict::Drop(_) => false,
                     Verdict::Hold => {
-                        hold_for.set(d.datagram);
+                        hold_for.set(Some(filter.held_datagram()));
                         false
                     }
                 }
@@ -339,6 +340,7 @@ fn filter_inbound(
             },
         );
         dropped.clear();
+        filter_counters.flush(&mut tally);
         send(&mut q.host_tx, burst, counters);
         let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
         cycles_per_packet.saturating_record(per_packet);

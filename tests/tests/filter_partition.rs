@@ -1020,7 +1020,8 @@ fn datagram_key(src: IpAddr, dst: IpAddr, ident: u32, protocol: IpProtocol) -> D
         src: addr(src),
         dst: addr(dst),
         id: if src.is_ipv4() { ident & 0xffff } else { ident },
-        protocol: protocol.0,
+        // RFC 8200 reassembly keys carry no protocol.
+        protocol: if src.is_ipv4() { protocol.0 } else { 0 },
     }
 }
 
@@ -1051,7 +1052,7 @@ fn simulate(c: &Cluster, tables: &[(u8, FilterTable)], frames: &[Vec<u8>]) -> Ve
             let d = filter.classify(table, frame, now);
             match d.verdict {
                 Verdict::Hold => {
-                    let key = d.datagram.expect("a held fragment names its datagram");
+                    let key = filter.held_datagram();
                     if held.hold(key, i, now).is_err() {
                         out[i][h] = Verdict::Drop(Reason::FragmentOverflow);
                     }
@@ -1513,7 +1514,7 @@ fn table_swaps_under_traffic_judge_each_burst_by_one_table_and_lose_no_frame() {
                 processed += 1;
                 match d.verdict {
                     Verdict::Hold => {
-                        let key = d.datagram.expect("held fragment names its datagram");
+                        let key = filter.held_datagram();
                         held.hold(key, i, now).expect("room to hold");
                     }
                     v => {

@@ -20,8 +20,6 @@ pub struct Decision {
     pub rule: Option<u8>,
     /// The bucket, for multiple-host rules.
     pub bucket: Option<u8>,
-    /// For [`Verdict::Hold`]: the datagram whose first fragment is awaited.
-    pub datagram: Option<DatagramKey>,
 }
 
 impl Decision {
@@ -30,7 +28,6 @@ impl Decision {
             verdict,
             rule: None,
             bucket: None,
-            datagram: None,
         }
     }
 }
@@ -85,6 +82,28 @@ impl FilterCounters {
         self.held.load(Relaxed)
     }
 
+    /// Adds what a burst's [`Tally`] gathered, and empties it.
+    #[inline]
+    pub fn flush(&self, tally: &mut Tally) {
+        for (counter, n) in self.verdicts.iter().zip(tally.reasons.iter_mut()) {
+            if *n > 0 {
+                counter.store(counter.load(Relaxed).wrapping_add(*n as u64), Relaxed);
+                *n = 0;
+            }
+        }
+        for (counter, n) in self.kinds.iter().zip(tally.kinds.iter_mut()) {
+            counter.store(counter.load(Relaxed).wrapping_add(*n as u64), Relaxed);
+            *n = 0;
+        }
+        if tally.held > 0 {
+            self.held.store(
+                self.held.load(Relaxed).wrapping_add(tally.held as u64),
+                Relaxed,
+            );
+            tally.held = 0;
+        }
+    }
+
     /// Counts a final verdict (the worker calls this once per frame, held ones when released).
     #[inline]
     pub fn count(&self, d: &Decision) {
@@ -110,11 +129,59 @@ impl FilterCounters {
     }
 }
 
+/// Verdicts counted in registers and on the stack during a burst, added to the shared
+/// [`FilterCounters`] once per burst: a shared counter bumped per packet is a chain of
+/// dependent read-modify-writes.
+#[derive(Default)]
+pub struct Tally {
+    reasons: [u32; Reason::COUNT],
+    kinds: [u32; 3],
+    held: u32,
+}
+
+impl Tally {
+    /// Counts one decision; accepted packets per bucket go straight to `counters` (they
+    /// spread over many counters, so they form no chain).
+    #[inline]
+    pub fn add(&mut self, counters: &FilterCounters, d: &Decision) {
+        let kind = match d.verdict {
+            Verdict::Hold => {
+                self.held += 1;
+                return;
+            }
+            Verdict::Accept(r) => {
+                if let (Some(rule), Some(bucket)) = (d.rule, d.bucket) {
+                    if let Some(c) = counters
+                        .accepted
+                        .get(rule as usize * BUCKETS + bucket as usize)
+                    {
+                        bump(c);
+                    }
+                }
+                self.reasons[r as usize] += 1;
+                0
+            }
+            Verdict::Pass(r) => {
+                self.reasons[r as usize] += 1;
+                1
+            }
+            Verdict::Drop(r) => {
+                self.reasons[r as usize] += 1;
+                2
+            }
+        };
+        self.kinds[kind] += 1;
+    }
+}
+
 /// One worker's filter state: its connection descriptors and first-fragment verdicts.
 pub struct Filter {
     conns: ConnectionTable,
     frags: FragmentTable,
     counters: Arc<FilterCounters>,
+    /// The datagram of the last [`Verdict::Hold`]. (Kept here rather than in [`Decision`],
+    /// so a decision stays a few bytes, returned in registers on the per-packet path.)
+    held_datagram: DatagramKey,
 }
 
 /// The client side of a flow, as the bucket hash and the descriptors see it.
@@ -131,7 +198,13 @@ impl Filter {
             conns: ConnectionTable::new(max_connections, timeouts, seed),
             frags: FragmentTable::default(),
             counters: Arc::new(FilterCounters::default()),
+            held_datagram: DatagramKey::default(),
         }
+    }
+
+    /// The datagram whose first fragment the last [`Verdict::Hold`] waits for.
+    pub fn held_datagram(&self) -> DatagramKey {
+        self.held_datagram
     }
 
     pub fn counters(&self) -> Arc<FilterCounters> {
@@ -157,7 +230,68 @@ impl Filter {
     }
 
     /// Decides what happens to `frame` (an Ethernet frame from the cluster port).
+    #[inline]
     pub fn classify(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Decision {
+        match self.classify_common(t, frame, now_ms) {
+            Some(d) => d,
+            None => self.classify_any(t, frame, now_ms),
+        }
+    }
+
+    /// The common case, checked byte by byte: an untagged IPv4 packet without options, not a
+    /// fragment, TCP or UDP. Anything else (or anything odd) goes the general way, which
+    /// decides the same.
+    #[inline(always)]
+    fn classify_common(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Option<Decision> {
+        const L3: usize = ethernet::HEADER_LEN;
+        const L4: usize = L3 + 20;
+        let head = frame.get(..L4 + 14)?;
+        if head[12] != 0x08 || head[13] != 0x00 || head[L3] != 0x45 {
+            return None;
+        }
+        // Fragments (MF or an offset) take the fragment-aware way.
+        if head[L3 + 6] & 0x3f != 0 || head[L3 + 7] != 0 || !t.running {
+            return None;
+        }
+        let total = u16::from_be_bytes([head[L3 + 2], head[L3 + 3]]) as usize;
+        let l4 = frame.get(L4..L3 + total)?;
+        let dst = u32::from_be_bytes([head[L3 + 16], head[L3 + 17], head[L3 + 18], head[L3 + 19]]);
+        let Some(vip) = t.vip4(dst) else {
+            let reason = if t.is_dedicated4(dst) {
+                Reason::DedicatedIp
+            } else {
+                Reason::NotVip
+            };
+            return Some(Decision::of(Verdict::Pass(reason)));
+        };
+        let src = u32::from_be_bytes([head[L3 + 12], head[L3 + 13], head[L3 + 14], head[L3 + 15]]);
+        let (cport, sport) = ports(l4);
+        let segment = match head[L3 + 9] {
+            6 if l4.len() >= 14 => {
+                let flags = l4[13];
+                Segment::Tcp {
+                    syn: flags & 0x02 != 0 && flags & 0x10 == 0,
+                    fin: flags & 0x01 != 0,
+                    rst: flags & 0x04 != 0,
+                }
+            }
+            17 if l4.len() >= 8 => Segment::Udp,
+            _ => return None,
+        };
+        Some(self.classify_flow(
+            t,
+            vip,
+            Client::V4(src),
+            dst as u128,
+            cport,
+            sport,
+            segment,
+            now_ms,
+        ))
+    }
+
+    /// Any frame: VLAN tags, IPv6, fragments, ICMP, malformed input.
+    fn classify_any(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Decision {
         let Ok(eth) = ethernet::Frame::new_checked(frame) else {
             return Decision::of(Verdict::Drop(Reason::Malformed));
         };
@@ -263,10 +397,10 @@ impl Filter {
             None => decide(self),
             Some(key) if later_fragment => match self.frags.lookup(&key, now_ms) {
                 Some(v) => Decision::of(follow(v)),
-                None => Decision {
-                    datagram: Some(key),
-                    ..Decision::of(Verdict::Hold)
-                },
+                None => {
+                    self.held_datagram = key;
+                    Decision::of(Verdict::Hold)
+                }
             },
             Some(key) => {
                 let d = decide(self);
@@ -412,7 +546,6 @@ impl Filter {
             verdict,
             rule: Some(rule_index),
             bucket,
-            datagram: None,
         };
         match rule.mode {
             Mode::Disabled => return decided(Verdict::Drop(Reason::RuleDisabled), None),
@@ -427,7 +560,9 @@ impl Filter {
             Mode::Multiple => {}
         }
         let bucket = match client {
-            Client::V4(a) => hash::bucket_v4(t.seed, rule.affinity, a, client_port, server_port),
+            Client::V4(a) => {
+                hash::bucket_v4_after(rule.v4_prefix, rule.affinity, a, client_port, server_port)
+            }
             Client::V6(a) => hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port),
         };
         let bit = 1u64 << bucket;
@@ -728,7 +863,7 @@ mod tests {
         let first = ipv4_frame(CLIENT, 17, &u, 77, 0x2000);
         let d = f.classify(&owned, &second, 0);
         assert_eq!(d.verdict, Verdict::Hold);
-        let key = d.datagram.unwrap();
+        let key = f.held_datagram();
         assert_eq!(
             f.classify(&owned, &first, 1).verdict,
             Verdict::Accept(Reason::BucketOwned)

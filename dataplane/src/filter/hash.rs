@@ -77,14 +77,38 @@ pub fn bucket_v4(
     client_port: u16,
     server_port: u16,
 ) -> u8 {
+    bucket_v4_after(
+        v4_prefix(seed, affinity),
+        affinity,
+        client,
+        client_port,
+        server_port,
+    )
+}
+
+/// The part of the IPv4 hash that depends only on the seed and the affinity: `fmix64(seed ^
+/// w0)`. The filter table keeps it per rule, so a packet costs one `fmix64`.
+#[inline]
+pub fn v4_prefix(seed: u64, affinity: Affinity) -> u64 {
+    fmix64(seed ^ (affinity.kind() << 56 | 4 << 48))
+}
+
+/// [`bucket_v4`] from a precomputed [`v4_prefix`].
+#[inline]
+pub fn bucket_v4_after(
+    prefix: u64,
+    affinity: Affinity,
+    client: u32,
+    client_port: u16,
+    server_port: u16,
+) -> u8 {
     let (addr, cport, sport) = match affinity {
         Affinity::None => (client, client_port, server_port),
         Affinity::Single => (client, 0, 0),
         Affinity::Network => (client & 0xffff_ff00, 0, 0),
     };
-    let w0 = affinity.kind() << 56 | 4 << 48;
     let w1 = (addr as u64) << 32 | (cport as u64) << 16 | sport as u64;
-    to_bucket(fmix64(fmix64(seed ^ w0) ^ w1))
+    to_bucket(fmix64(prefix ^ w1))
 }
 
 /// Bucket of an IPv6 client.

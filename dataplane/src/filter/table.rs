@@ -38,6 +38,8 @@ impl RuleOwnership {
 pub struct RuleEntry {
     pub mode: Mode,
     pub affinity: Affinity,
+    /// `hash::v4_prefix(seed, affinity)`, so an IPv4 packet costs one mix.
+    pub v4_prefix: u64,
     pub protocol: Protocol,
     pub ownership: RuleOwnership,
 }
@@ -161,6 +163,7 @@ impl FilterTable {
             .map(|(i, r)| RuleEntry {
                 mode: r.mode,
                 affinity: r.affinity,
+                v4_prefix: hash::v4_prefix(hash::seed(spec.cluster_ip), r.affinity),
                 protocol: r.protocol,
                 ownership: ownership.get(i).copied().unwrap_or_default(),
             })
