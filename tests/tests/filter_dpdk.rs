@@ -63,6 +63,39 @@ fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, tcp: bool, seq: u16
     f
 }
 
+/// A UDP datagram to the VIP (port 5000 + `id`) cut into three IPv4 fragments, last first:
+/// the appliance must hold the later ones until the first decides.
+fn fragments_last_first(src: [u8; 4], id: u16) -> Vec<Vec<u8>> {
+    let mut udp = vec![0u8; 48];
+    udp[0..2].copy_from_slice(&(4000 + id).to_be_bytes());
+    udp[2..4].copy_from_slice(&(5000 + id % 1000).to_be_bytes());
+    udp[4..6].copy_from_slice(&48u16.to_be_bytes());
+    let pieces = [(0usize, 24usize, true), (24, 16, true), (40, 8, false)];
+    let mut out: Vec<Vec<u8>> = pieces
+        .iter()
+        .map(|&(off, len, more)| {
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + len) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&(0x8000 | id).to_be_bytes());
+            let frag = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&frag.to_be_bytes());
+            ip.extend_from_slice(&src);
+            ip.extend_from_slice(&[192, 0, 2, 10]);
+            let sum = checksum(&ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            let mut f = vec![
+                0x02, 0xbf, 192, 0, 2, 10, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,
+            ];
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&udp[off..off + len]);
+            f.resize(f.len().max(60), 0);
+            f
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 const CONFIG: &str = r#"
 [dataplane]
 cluster_port = "net_pcap0"
@@ -106,6 +139,12 @@ fn three_hosts_partition_vip_frames_and_all_pass_the_rest() {
         let f = frame(client, dst, 1024 + (i * 7) as u16, dport, tcp, i as u16);
         vip.push(dst == [192, 0, 2, 10]);
         frames.push(Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f));
+        if i % 20 == 5 {
+            for f in fragments_last_first([203, 0, 113, (i % 250) as u8 + 1], i as u16) {
+                vip.push(true);
+                frames.push(Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f));
+            }
+        }
     }
     pcap::write_all(std::fs::File::create(p("in.pcap")).unwrap(), &frames).unwrap();
     pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
