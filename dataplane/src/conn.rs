@@ -599,14 +599,6 @@ impl ConnectionTable {
         })
     }
 
-    /// Starts loading the home slot of `key` into the cache, for a lookup soon after (the
-    /// worker prefetches a burst's slots before judging it).
-    #[inline]
-    pub fn prefetch(&self, key: &FlowKey) {
-        let index = self.hasher.hash(key) as usize & self.mask;
-        dpdk::prefetch(&self.slots[index]);
-    }
-
     /// Like [`lookup`](Self::lookup) but changes nothing: no refresh, no freeing of a
     /// descriptor past its timeout (it is reported absent).
     pub fn peek(&self, key: &FlowKey, now_ms: u32) -> Option<Hit> {

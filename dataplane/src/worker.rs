@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 use hdrhistogram::Histogram;
 
-use crate::filter::classify::{Decision, Filter, Step, Tally};
+use crate::filter::classify::{Decision, Filter, Tally};
 use crate::filter::frag::{DatagramKey, HeldFragments};
 use crate::filter::table::FilterTable;
 use crate::filter::{Reason, Verdict};
@@ -305,31 +305,9 @@ fn filter_inbound(
         let hold_for: Cell<Option<DatagramKey>> = Cell::new(None);
         let filter = &mut f.filter;
         let mut tally = Tally::default();
-        // Two passes: the first judges what needs no descriptor and prefetches the descriptor
-        // slots of the rest; the second finishes, with the slots (nearly) in cache.
-        let mut steps = [Step::Decided(Decision::of(Verdict::Hold)); dpdk::BURST_SIZE];
-        // The datagram each held fragment waits for (set only for those).
-        let mut awaited = [DatagramKey::default(); dpdk::BURST_SIZE];
-        for (i, m) in burst.as_slice().iter().enumerate() {
-            steps[i] = filter.prepare(&table, m.data(), now_ms);
-            if let Step::Decided(Decision {
-                verdict: Verdict::Hold,
-                ..
-            }) = steps[i]
-            {
-                awaited[i] = filter.held_datagram();
-            }
-        }
-        let mut next = 0;
         burst.retain_or(
             |m| {
-                let step = steps[next];
-                let datagram = awaited[next];
-                next += 1;
-                let d = match step {
-                    Step::Decided(d) => d,
-                    Step::Pending(p) => filter.complete(p, now_ms),
-                };
+                let d = filter.classify(&table, m.data(), now_ms);
                 tally.add(&filter_counters, &d);
                 match d.verdict {
                     Verdict::Accept(_) => {
@@ -341,7 +319,7 @@ fn filter_inbound(
                     Verdict::Pass(_) => true,
                     Verdict::Drop(_) => false,
                     Verdict::Hold => {
-                        hold_for.set(Some(datagram));
+                        hold_for.set(Some(filter.held_datagram()));
                         false
                     }
                 }

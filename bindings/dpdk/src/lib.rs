@@ -44,19 +44,3 @@ pub fn pause() {
     // SAFETY: a CPU hint, no memory effect.
     unsafe { dpdk_sys::rte_pause() }
 }
-
-/// Asks the CPU to bring `value`'s cache line closer (like DPDK's `rte_prefetch0`). A hint:
-/// it never faults and changes nothing observable.
-#[inline(always)]
-pub fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching a valid reference's address cannot fault; SSE is part of the
-    // x86-64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            value as *const T as *const i8,
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}

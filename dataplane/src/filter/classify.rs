@@ -232,10 +232,62 @@ impl Filter {
     /// Decides what happens to `frame` (an Ethernet frame from the cluster port).
     #[inline]
     pub fn classify(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Decision {
-        match self.prepare(t, frame, now_ms) {
-            Step::Decided(d) => d,
-            Step::Pending(p) => self.complete(p, now_ms),
+        match self.classify_common(t, frame, now_ms) {
+            Some(d) => d,
+            None => self.classify_any(t, frame, now_ms),
         }
+    }
+
+    /// The common case, checked byte by byte: an untagged IPv4 packet without options, not a
+    /// fragment, TCP or UDP. Anything else (or anything odd) goes the general way, which
+    /// decides the same.
+    #[inline(always)]
+    fn classify_common(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Option<Decision> {
+        const L3: usize = ethernet::HEADER_LEN;
+        const L4: usize = L3 + 20;
+        let head = frame.get(..L4 + 14)?;
+        if head[12] != 0x08 || head[13] != 0x00 || head[L3] != 0x45 {
+            return None;
+        }
+        // Fragments (MF or an offset) take the fragment-aware way.
+        if head[L3 + 6] & 0x3f != 0 || head[L3 + 7] != 0 || !t.running {
+            return None;
+        }
+        let total = u16::from_be_bytes([head[L3 + 2], head[L3 + 3]]) as usize;
+        let l4 = frame.get(L4..L3 + total)?;
+        let dst = u32::from_be_bytes([head[L3 + 16], head[L3 + 17], head[L3 + 18], head[L3 + 19]]);
+        let Some(vip) = t.vip4(dst) else {
+            let reason = if t.is_dedicated4(dst) {
+                Reason::DedicatedIp
+            } else {
+                Reason::NotVip
+            };
+            return Some(Decision::of(Verdict::Pass(reason)));
+        };
+        let src = u32::from_be_bytes([head[L3 + 12], head[L3 + 13], head[L3 + 14], head[L3 + 15]]);
+        let (cport, sport) = ports(l4);
+        let segment = match head[L3 + 9] {
+            6 if l4.len() >= 14 => {
+                let flags = l4[13];
+                Segment::Tcp {
+                    syn: flags & 0x02 != 0 && flags & 0x10 == 0,
+                    fin: flags & 0x01 != 0,
+                    rst: flags & 0x04 != 0,
+                }
+            }
+            17 if l4.len() >= 8 => Segment::Udp,
+            _ => return None,
+        };
+        Some(self.classify_flow(
+            t,
+            vip,
+            Client::V4(src),
+            dst as u128,
+            cport,
+            sport,
+            segment,
+            now_ms,
+        ))
     }
 
     /// Any frame: VLAN tags, IPv6, fragments, ICMP, malformed input.
@@ -485,171 +537,38 @@ impl Filter {
         segment: Segment,
         now_ms: u32,
     ) -> Decision {
-        match flow_step(t, vip, client, vip_addr, client_port, server_port, segment) {
-            Step::Decided(d) => d,
-            Step::Pending(p) => self.complete(p, now_ms),
-        }
-    }
-
-    /// First half of a burst's work: everything that needs no descriptor. A packet that needs
-    /// one comes back [`Step::Pending`], and its descriptor slot is prefetched, so that by
-    /// the time [`complete`](Self::complete) runs for it the slot is (nearly) in cache.
-    #[inline]
-    pub fn prepare(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Step {
-        match prepare_common(t, frame) {
-            Some(Step::Pending(p)) => {
-                self.conns.prefetch(&p.key);
-                Step::Pending(p)
-            }
-            Some(decided) => decided,
-            None => Step::Decided(self.classify_any(t, frame, now_ms)),
-        }
-    }
-
-    /// Second half: the descriptor part of a flow's verdict.
-    #[inline]
-    pub fn complete(&mut self, p: PendingFlow, now_ms: u32) -> Decision {
-        let decided = |verdict| Decision {
-            verdict,
-            rule: Some(p.rule),
-            bucket: Some(p.bucket),
+        let transport = segment.transport();
+        let Some(rule_index) = t.rule_for(vip, transport, server_port) else {
+            return default_host(t);
         };
-        let key = &p.key;
-        let segment = p.segment;
-        // A connection we hold a descriptor for stays ours while the bucket is ours in any way,
-        // except that a SYN in a bucket moving away is a new connection (a retransmitted SYN,
-        // or a 4-tuple reused after a close): the new owner takes those, so we let go.
-        if self.conns.lookup(key, now_ms).is_some() {
-            let moving_away = p.ownership == Ownership::Outgoing;
-            if moving_away && matches!(segment, Segment::Tcp { syn: true, .. }) {
-                self.conns.remove(key);
-                return decided(Verdict::Drop(Reason::HandedOff));
-            }
-            match segment {
-                Segment::Tcp { rst: true, .. } => {
-                    self.conns.remove(key);
-                }
-                Segment::Tcp { fin: true, .. } => {
-                    self.conns.close(key, now_ms);
-                }
-                _ => {}
-            }
-            return decided(Verdict::Accept(Reason::Descriptor));
-        }
-        let verdict = match p.ownership {
-            Ownership::Owned => {
-                if segment.opens() {
-                    let kind = match segment.transport() {
-                        Transport::Tcp => ConnKind::Tcp,
-                        Transport::Udp => ConnKind::Udp,
-                    };
-                    // A full table is counted by the table; the connection still gets the
-                    // bucket's verdict.
-                    let _ = self.conns.insert(key, p.rule, p.bucket, kind, now_ms);
-                }
-                Verdict::Accept(Reason::BucketOwned)
-            }
-            Ownership::Incoming => {
-                if let Segment::Tcp { syn: true, .. } = segment {
-                    let _ = self
-                        .conns
-                        .insert(key, p.rule, p.bucket, ConnKind::Tcp, now_ms);
-                    Verdict::Accept(Reason::NewConnection)
-                } else {
-                    Verdict::Drop(Reason::OldOwnerKeeps)
-                }
-            }
-            Ownership::Outgoing => match segment {
-                Segment::Udp | Segment::QuotedUdp => Verdict::Accept(Reason::HandOffUdp),
-                _ => Verdict::Drop(Reason::HandedOff),
-            },
-        };
-        decided(verdict)
-    }
-}
-
-/// A packet judged as far as it can be without descriptors.
-#[derive(Clone, Copy)]
-pub enum Step {
-    Decided(Decision),
-    Pending(PendingFlow),
-}
-
-/// How a bucket that is ours in some way is ours.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ownership {
-    Owned,
-    Incoming,
-    Outgoing,
-}
-
-/// A flow packet in a bucket that is ours in some way, waiting for its descriptor lookup.
-#[derive(Clone, Copy)]
-pub struct PendingFlow {
-    key: FlowKey,
-    rule: u8,
-    bucket: u8,
-    ownership: Ownership,
-    segment: Segment,
-}
-
-/// The stateless part of a flow packet's verdict: rule, mode, bucket, ownership.
-#[inline]
-fn flow_step(
-    t: &FilterTable,
-    vip: VipSlot,
-    client: Client,
-    vip_addr: u128,
-    client_port: u16,
-    server_port: u16,
-    segment: Segment,
-) -> Step {
-    let transport = segment.transport();
-    let Some(rule_index) = t.rule_for(vip, transport, server_port) else {
-        return Step::Decided(default_host(t));
-    };
-    let rule: &RuleEntry = t.rule(rule_index);
-    let decided = |verdict, bucket| {
-        Step::Decided(Decision {
+        let rule: &RuleEntry = t.rule(rule_index);
+        let decided = |verdict, bucket| Decision {
             verdict,
             rule: Some(rule_index),
             bucket,
-        })
-    };
-    match rule.mode {
-        Mode::Disabled => return decided(Verdict::Drop(Reason::RuleDisabled), None),
-        Mode::Single => {
-            let v = if rule.ownership.handler {
-                Verdict::Accept(Reason::SingleHost)
-            } else {
-                Verdict::Drop(Reason::NotHandler)
-            };
-            return decided(v, None);
+        };
+        match rule.mode {
+            Mode::Disabled => return decided(Verdict::Drop(Reason::RuleDisabled), None),
+            Mode::Single => {
+                let v = if rule.ownership.handler {
+                    Verdict::Accept(Reason::SingleHost)
+                } else {
+                    Verdict::Drop(Reason::NotHandler)
+                };
+                return decided(v, None);
+            }
+            Mode::Multiple => {}
         }
-        Mode::Multiple => {}
-    }
-    let bucket = match client {
-        Client::V4(a) => {
-            hash::bucket_v4_after(rule.v4_prefix, rule.affinity, a, client_port, server_port)
-        }
-        Client::V6(a) => hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port),
-    };
-    let bit = 1u64 << bucket;
-    let own = rule.ownership;
-    let ownership = if own.owned & bit != 0 {
-        Ownership::Owned
-    } else if own.incoming & bit != 0 {
-        Ownership::Incoming
-    } else if own.outgoing & bit != 0 {
-        Ownership::Outgoing
-    } else {
-        // Not ours in any way: the common case on every host but one, decided without
-        // touching the descriptor table. (A descriptor left from a completed hand-off is
-        // stale; the idle sweep frees it.)
-        return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
-    };
-    Step::Pending(PendingFlow {
-        key: FlowKey {
+        let bucket = match client {
+            Client::V4(a) => {
+                hash::bucket_v4_after(rule.v4_prefix, rule.affinity, a, client_port, server_port)
+            }
+            Client::V6(a) => hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port),
+        };
+        let bit = 1u64 << bucket;
+        let own = rule.ownership;
+        let ours = (own.owned | own.incoming | own.outgoing) & bit != 0;
+        let key = FlowKey {
             client: match client {
                 Client::V4(a) => crate::conn::ipv4_mapped(a.into()),
                 Client::V6(a) => a,
@@ -664,63 +583,64 @@ fn flow_step(
                 Transport::Tcp => 6,
                 Transport::Udp => 17,
             },
-        },
-        rule: rule_index,
-        bucket,
-        ownership,
-        segment,
-    })
-}
-
-/// The common case, checked byte by byte: an untagged IPv4 packet without options, not a
-/// fragment, TCP or UDP, while the host runs. `None`: take the general way, which decides the
-/// same for these packets.
-#[inline(always)]
-fn prepare_common(t: &FilterTable, frame: &[u8]) -> Option<Step> {
-    const L3: usize = ethernet::HEADER_LEN;
-    const L4: usize = L3 + 20;
-    let head = frame.get(..L4 + 14)?;
-    if head[12] != 0x08 || head[13] != 0x00 || head[L3] != 0x45 {
-        return None;
-    }
-    // Fragments (MF or an offset) take the fragment-aware way.
-    if head[L3 + 6] & 0x3f != 0 || head[L3 + 7] != 0 || !t.running {
-        return None;
-    }
-    let total = u16::from_be_bytes([head[L3 + 2], head[L3 + 3]]) as usize;
-    let l4 = frame.get(L4..L3 + total)?;
-    let dst = u32::from_be_bytes([head[L3 + 16], head[L3 + 17], head[L3 + 18], head[L3 + 19]]);
-    let Some(vip) = t.vip4(dst) else {
-        let reason = if t.is_dedicated4(dst) {
-            Reason::DedicatedIp
-        } else {
-            Reason::NotVip
         };
-        return Some(Step::Decided(Decision::of(Verdict::Pass(reason))));
-    };
-    let src = u32::from_be_bytes([head[L3 + 12], head[L3 + 13], head[L3 + 14], head[L3 + 15]]);
-    let segment = match head[L3 + 9] {
-        6 if l4.len() >= 14 => {
-            let flags = l4[13];
-            Segment::Tcp {
-                syn: flags & 0x02 != 0 && flags & 0x10 == 0,
-                fin: flags & 0x01 != 0,
-                rst: flags & 0x04 != 0,
-            }
+
+        // Not ours in any way: the common case on every host but one, decided without
+        // touching the descriptor table. (A descriptor left from a completed hand-off is
+        // stale; the idle sweep frees it.)
+        if !ours {
+            return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
         }
-        17 if l4.len() >= 8 => Segment::Udp,
-        _ => return None,
-    };
-    let (cport, sport) = ports(l4);
-    Some(flow_step(
-        t,
-        vip,
-        Client::V4(src),
-        dst as u128,
-        cport,
-        sport,
-        segment,
-    ))
+        // A connection we hold a descriptor for stays ours while the bucket is ours in any way,
+        // except that a SYN in a bucket moving away is a new connection (a retransmitted SYN,
+        // or a 4-tuple reused after a close): the new owner takes those, so we let go.
+        if self.conns.lookup(&key, now_ms).is_some() {
+            let moving_away = own.outgoing & bit != 0 && (own.owned | own.incoming) & bit == 0;
+            if moving_away && matches!(segment, Segment::Tcp { syn: true, .. }) {
+                self.conns.remove(&key);
+                return decided(Verdict::Drop(Reason::HandedOff), Some(bucket));
+            }
+            match segment {
+                Segment::Tcp { rst: true, .. } => {
+                    self.conns.remove(&key);
+                }
+                Segment::Tcp { fin: true, .. } => {
+                    self.conns.close(&key, now_ms);
+                }
+                _ => {}
+            }
+            return decided(Verdict::Accept(Reason::Descriptor), Some(bucket));
+        }
+
+        let verdict = if own.owned & bit != 0 {
+            if segment.opens() {
+                let kind = match transport {
+                    Transport::Tcp => ConnKind::Tcp,
+                    Transport::Udp => ConnKind::Udp,
+                };
+                // A full table is counted by the table; the connection still gets the
+                // bucket's verdict.
+                let _ = self.conns.insert(&key, rule_index, bucket, kind, now_ms);
+            }
+            Verdict::Accept(Reason::BucketOwned)
+        } else if own.incoming & bit != 0 {
+            if let Segment::Tcp { syn: true, .. } = segment {
+                let _ = self
+                    .conns
+                    .insert(&key, rule_index, bucket, ConnKind::Tcp, now_ms);
+                Verdict::Accept(Reason::NewConnection)
+            } else {
+                Verdict::Drop(Reason::OldOwnerKeeps)
+            }
+        } else {
+            // Moving away (the only way left for a bucket that is ours).
+            match segment {
+                Segment::Udp | Segment::QuotedUdp => Verdict::Accept(Reason::HandOffUdp),
+                _ => Verdict::Drop(Reason::HandedOff),
+            }
+        };
+        decided(verdict, Some(bucket))
+    }
 }
 
 /// What kind of packet of a flow this is.
