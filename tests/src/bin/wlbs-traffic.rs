@@ -135,6 +135,8 @@ fn main() -> Result<()> {
         rng
     };
     let mut records = Vec::new();
+    // Each flow once: a repeated 5-tuple would be one descriptor, not two.
+    let mut seen = std::collections::HashSet::new();
     let mut flows = 0usize;
     let mut tries = 0usize;
     while flows < args.flows {
@@ -176,7 +178,7 @@ fn main() -> Result<()> {
             "any" => true,
             s => bail!("--select {s}: owned, not-owned or any"),
         };
-        if !keep {
+        if !keep || !seen.insert((client, cport, tcp)) {
             continue;
         }
         let at = 1_700_000_000_000_000_000 + records.len() as u64 * 1000;
