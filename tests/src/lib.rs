@@ -246,13 +246,7 @@ pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], seq: u32, payload_len: usiz
     f
 }
 
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// The IPv4 header checksum of `header` (whose checksum field is zero).
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    !wlbs_dataplane::wire::checksum::data(header)
 }

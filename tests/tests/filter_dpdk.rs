@@ -5,93 +5,37 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use wlbs_control::pcap::{self, Record};
-use wlbs_tests::Appliance;
+use std::net::IpAddr;
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
+use wlbs_control::pcap::{self, Record};
+use wlbs_dataplane::wire::tcp::Flags;
+use wlbs_dataplane::wire::IpProtocol;
+use wlbs_tests::frames::{self, Vlan};
+use wlbs_tests::Appliance;
 
 /// Ethernet/IPv4 frame to the cluster MAC with a TCP SYN or a UDP datagram.
 fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, tcp: bool, seq: u16) -> Vec<u8> {
-    let l4: Vec<u8> = if tcp {
-        let mut t = vec![0u8; 20];
-        t[0..2].copy_from_slice(&sport.to_be_bytes());
-        t[2..4].copy_from_slice(&dport.to_be_bytes());
-        t[12] = 0x50;
-        t[13] = 0x02;
-        t
+    let (src, dst) = (IpAddr::from(src), IpAddr::from(dst));
+    let (protocol, l4) = if tcp {
+        let syn = frames::tcp_segment(src, dst, sport, dport, Flags::SYN, seq.into(), b"");
+        (IpProtocol::TCP, syn)
     } else {
-        let mut u = vec![0u8; 8 + 10];
-        u[0..2].copy_from_slice(&sport.to_be_bytes());
-        u[2..4].copy_from_slice(&dport.to_be_bytes());
-        u[4..6].copy_from_slice(&18u16.to_be_bytes());
-        u
+        let dgram = frames::udp_datagram(src, dst, sport, dport, &[0; 10]);
+        (IpProtocol::UDP, dgram)
     };
-    let mut ip = vec![
-        0x45,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0x40,
-        0,
-        64,
-        if tcp { 6 } else { 17 },
-        0,
-        0,
-    ];
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&seq.to_be_bytes());
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let mut f = vec![
-        0x02, 0xbf, 192, 0, 2, 10, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,
-    ];
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
-    f
+    frames::ip_frame(Vlan::Untagged, &frames::ip(src, dst, protocol, seq, &l4))
 }
 
 /// A UDP datagram to the VIP (port 5000 + `id`) cut into three IPv4 fragments, last first:
 /// the appliance must hold the later ones until the first decides.
 fn fragments_last_first(src: [u8; 4], id: u16) -> Vec<Vec<u8>> {
-    let mut udp = vec![0u8; 48];
-    udp[0..2].copy_from_slice(&(4000 + id).to_be_bytes());
-    udp[2..4].copy_from_slice(&(5000 + id % 1000).to_be_bytes());
-    udp[4..6].copy_from_slice(&48u16.to_be_bytes());
-    let pieces = [(0usize, 24usize, true), (24, 16, true), (40, 8, false)];
-    let mut out: Vec<Vec<u8>> = pieces
-        .iter()
-        .map(|&(off, len, more)| {
-            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
-            ip[2..4].copy_from_slice(&((20 + len) as u16).to_be_bytes());
-            ip[4..6].copy_from_slice(&(0x8000 | id).to_be_bytes());
-            let frag = (off / 8) as u16 | if more { 0x2000 } else { 0 };
-            ip[6..8].copy_from_slice(&frag.to_be_bytes());
-            ip.extend_from_slice(&src);
-            ip.extend_from_slice(&[192, 0, 2, 10]);
-            let sum = checksum(&ip);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            let mut f = vec![
-                0x02, 0xbf, 192, 0, 2, 10, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,
-            ];
-            f.extend_from_slice(&ip);
-            f.extend_from_slice(&udp[off..off + len]);
-            f.resize(f.len().max(60), 0);
-            f
-        })
-        .collect();
+    let (src, vip) = (IpAddr::from(src), IpAddr::from([192, 0, 2, 10]));
+    let udp = frames::udp_datagram(src, vip, 4000 + id, 5000 + id % 1000, &[7; 40]);
+    let mut out: Vec<Vec<u8>> =
+        frames::fragments(src, vip, IpProtocol::UDP, 0x8000 | id as u32, &udp, 16)
+            .iter()
+            .map(|p| frames::ip_frame(Vlan::Untagged, p))
+            .collect();
     out.reverse();
     out
 }

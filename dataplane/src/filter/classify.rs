@@ -257,12 +257,7 @@ impl Filter {
         let l4 = frame.get(L4..L3 + total)?;
         let dst = u32::from_be_bytes([head[L3 + 16], head[L3 + 17], head[L3 + 18], head[L3 + 19]]);
         let Some(vip) = t.vip4(dst) else {
-            let reason = if t.is_dedicated4(dst) {
-                Reason::DedicatedIp
-            } else {
-                Reason::NotVip
-            };
-            return Some(Decision::of(Verdict::Pass(reason)));
+            return Some(not_vip(t.is_dedicated4(dst)));
         };
         let src = u32::from_be_bytes([head[L3 + 12], head[L3 + 13], head[L3 + 14], head[L3 + 15]]);
         let (cport, sport) = ports(l4);
@@ -325,12 +320,7 @@ impl Filter {
         };
         let dst = u32::from(ip.dst_addr());
         let Some(vip) = t.vip4(dst) else {
-            let reason = if t.is_dedicated4(dst) {
-                Reason::DedicatedIp
-            } else {
-                Reason::NotVip
-            };
-            return Decision::of(Verdict::Pass(reason));
+            return not_vip(t.is_dedicated4(dst));
         };
         if !t.running {
             return Decision::of(Verdict::Drop(Reason::HostStopped));
@@ -355,12 +345,7 @@ impl Filter {
         };
         let dst = u128::from(ip.dst_addr());
         let Some(vip) = t.vip6(dst) else {
-            let reason = if t.is_dedicated6(dst) {
-                Reason::DedicatedIp
-            } else {
-                Reason::NotVip
-            };
-            return Decision::of(Verdict::Pass(reason));
+            return not_vip(t.is_dedicated6(dst));
         };
         if !t.running {
             return Decision::of(Verdict::Drop(Reason::HostStopped));
@@ -677,6 +662,15 @@ fn ports(l4: &[u8]) -> (u16, u16) {
         u16::from_be_bytes([l4[0], l4[1]]),
         u16::from_be_bytes([l4[2], l4[3]]),
     )
+}
+
+/// IP traffic not addressed to a VIP passes: to the dedicated IP, or to anything else.
+fn not_vip(dedicated: bool) -> Decision {
+    Decision::of(Verdict::Pass(if dedicated {
+        Reason::DedicatedIp
+    } else {
+        Reason::NotVip
+    }))
 }
 
 fn default_host(t: &FilterTable) -> Decision {

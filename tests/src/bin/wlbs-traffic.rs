@@ -50,17 +50,6 @@ fn parse_args() -> Result<Args> {
     })
 }
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
 fn frame(
     cluster_mac: [u8; 6],
     client: Ipv4Addr,
@@ -100,7 +89,7 @@ fn frame(
     ip[9] = proto;
     ip[12..16].copy_from_slice(&client.octets());
     ip[16..20].copy_from_slice(&vip.octets());
-    let sum = checksum(&ip);
+    let sum = wlbs_tests::ipv4_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&l4_bytes);
