@@ -11,14 +11,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # DPDK 22.11 runtime + dev files + testpmd (dpdk), libclang for bindgen, the lab's tools
-# (iproute2, ethtool, bridge), tshark/tcpdump for captures, python3 for the lab's HTTP servers
-# and curl as the lab's client.
+# (iproute2, ethtool, bridge), tcpdump and tshark (tests check that both decode our heartbeats
+# as MS NLB), python3 for the lab's HTTP servers and curl as the lab's client.
 packages=(
   dpdk dpdk-dev libdpdk-dev
   libclang-dev clang pkg-config
   iproute2 ethtool procps psmisc
   python3 curl
-  tcpdump
+  tcpdump tshark
 )
 
 missing=()
@@ -30,6 +30,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture: no (the tests run as root).
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   say "installed ${#missing[@]} package(s)"

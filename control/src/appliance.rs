@@ -10,18 +10,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use dpdk::{Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wlbs_dataplane::conn::{ConnectionCounts, Timeouts};
 use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
 use wlbs_dataplane::worker::{
-    self, FilterWorker, HostMac, Idle, WorkerCounters, WorkerQueues, WorkerReport,
+    self, ControlChannel, FilterWorker, HostMac, Idle, WorkerCounters, WorkerQueues, WorkerReport,
 };
 
 use crate::cluster::ClusterView;
 use crate::config::{Config, PortSpec};
+use crate::heartbeat;
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
 const CONTROL_TICK: Duration = Duration::from_millis(20);
+/// Frames each worker can queue for the control thread between two of its ticks.
+const CONTROL_RING: usize = 1024;
 /// Per-lcore mempool cache, as in DPDK's examples.
 const MEMPOOL_CACHE: u32 = 256;
 
@@ -43,6 +46,40 @@ pub struct Summary {
     pub filter: Option<[u64; 3]>,
     /// Connection descriptors at the stop: live, and new connections the full table refused.
     pub descriptors: Option<(u64, u64)>,
+    /// Frames the control thread got from the workers (cluster members only).
+    pub control: Option<ControlCounts>,
+}
+
+/// What the control thread made of the frames the workers handed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlCounts {
+    pub heartbeats: u64,
+    pub identities: u64,
+    /// EtherType 0x886F with a code that is not NLB's (other Microsoft protocols share it).
+    pub unknown_code: u64,
+    pub malformed: u64,
+    /// Dropped by a worker because its ring to the control thread was full.
+    pub ring_full: u64,
+}
+
+impl ControlCounts {
+    /// Takes one frame from a worker.
+    fn take(&mut self, frame: &[u8]) {
+        match heartbeat::parse_frame(frame) {
+            Ok(f) => match f.message {
+                heartbeat::Message::Heartbeat(h) => {
+                    self.heartbeats += 1;
+                    debug!(
+                        "heartbeat from host {} (cluster {}, dedicated {})",
+                        h.host_priority, h.cluster_ip, h.dedicated_ip
+                    );
+                }
+                heartbeat::Message::Identity(_) => self.identities += 1,
+            },
+            Err(heartbeat::Error::UnknownCode(_)) => self.unknown_code += 1,
+            Err(_) => self.malformed += 1,
+        }
+    }
 }
 
 impl Summary {
@@ -76,6 +113,13 @@ impl fmt::Display for Summary {
         }
         if let Some((live, full)) = self.descriptors {
             write!(f, "; descriptors live {live}, table full {full}")?;
+        }
+        if let Some(c) = self.control {
+            write!(
+                f,
+                "; control heartbeats {}, identity {}, unknown code {}, malformed {}, ring full {}",
+                c.heartbeats, c.identities, c.unknown_code, c.malformed, c.ring_full
+            )?;
         }
         write!(f, "; per worker")?;
         for (i, n) in self.per_worker.iter().enumerate() {
@@ -320,6 +364,7 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     let per_worker_connections = (dp.max_connections as usize).div_ceil(dp.workers as usize);
     let mut filter_counters: Vec<Arc<FilterCounters>> = Vec::new();
     let mut connection_counts: Vec<Arc<ConnectionCounts>> = Vec::new();
+    let mut control_channels: Vec<Arc<ControlChannel>> = Vec::new();
     let mut filters: Vec<Option<FilterWorker>> = (0..dp.workers)
         .map(|i| {
             published.as_ref().map(|table| {
@@ -330,12 +375,15 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
                 );
                 filter_counters.push(filter.counters());
                 connection_counts.push(filter.connection_counts());
+                let control = Arc::new(ControlChannel::new(CONTROL_RING));
+                control_channels.push(Arc::clone(&control));
                 FilterWorker {
                     filter,
                     table: Arc::clone(table),
                     host_mac: Arc::clone(&host_mac),
                     tsc_per_ms,
                     last_sweep_ms: 0,
+                    control,
                 }
             })
         })
@@ -390,8 +438,14 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
         control.describe(),
     );
 
+    let mut control_counts = ControlCounts::default();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(CONTROL_TICK);
+        for ch in &control_channels {
+            while let Some(m) = ch.ring.pop() {
+                control_counts.take(m.data());
+            }
+        }
     }
 
     worker_stop.store(true, Ordering::SeqCst);
@@ -430,6 +484,13 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
                 .iter()
                 .fold((0, 0), |(l, f), c| (l + c.live(), f + c.full())),
         );
+        for ch in &control_channels {
+            while let Some(m) = ch.ring.pop() {
+                control_counts.take(m.data());
+            }
+            control_counts.ring_full += ch.ring_full.load(Ordering::Relaxed);
+        }
+        summary.control = Some(control_counts);
     }
     summary.cluster = cluster.stats().unwrap_or_default();
     summary.host = host.stats().unwrap_or_default();

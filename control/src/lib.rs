@@ -5,5 +5,6 @@ pub mod appliance;
 pub mod assignment;
 pub mod cluster;
 pub mod config;
+pub mod heartbeat;
 pub mod pcap;
 pub mod replay;

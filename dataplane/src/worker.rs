@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
 use dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 use hdrhistogram::Histogram;
 
@@ -116,6 +117,40 @@ fn mac_to_u64(mac: &[u8]) -> u64 {
     mac.iter().take(6).fold(0u64, |acc, &b| acc << 8 | b as u64)
 }
 
+/// Frames for the control thread (heartbeats), handed over through a lock-free ring: one
+/// producer (the worker), one consumer (the control thread). The ring holds mbufs, so nothing is
+/// copied; a full ring drops the frame and counts it (the control thread is late, and a lost
+/// heartbeat is tolerated by design).
+pub struct ControlChannel {
+    pub ring: ArrayQueue<Mbuf>,
+    /// Frames handed over.
+    pub frames: AtomicU64,
+    /// Frames dropped because the ring was full.
+    pub ring_full: AtomicU64,
+}
+
+impl ControlChannel {
+    pub fn new(capacity: usize) -> ControlChannel {
+        ControlChannel {
+            ring: ArrayQueue::new(capacity.max(1)),
+            frames: AtomicU64::new(0),
+            ring_full: AtomicU64::new(0),
+        }
+    }
+}
+
+/// EtherType of NLB heartbeats (and other Microsoft cluster frames: the control thread checks
+/// the code inside).
+pub const ETHERTYPE_NLB: u16 = 0x886f;
+
+/// Whether a frame from the cluster port belongs to the control thread rather than the filter:
+/// an untagged frame of the NLB EtherType (heartbeats are sent untagged on the cluster's
+/// segment, as NLB does).
+#[inline]
+pub fn is_control_frame(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&ETHERTYPE_NLB.to_be_bytes()[..])
+}
+
 /// What a filtering worker needs beyond its queues.
 pub struct FilterWorker {
     pub filter: Filter,
@@ -126,6 +161,16 @@ pub struct FilterWorker {
     pub tsc_per_ms: u64,
     /// When the idle sweep last ran (filter clock).
     pub last_sweep_ms: u32,
+    /// Heartbeats go here instead of through the filter.
+    pub control: Arc<ControlChannel>,
+}
+
+/// Where a frame the worker does not forward goes.
+#[derive(Clone, Copy)]
+enum Reject {
+    Drop,
+    Hold(DatagramKey),
+    Control,
 }
 
 /// A filtering worker's spare bursts and held fragments, allocated once.
@@ -302,11 +347,16 @@ fn filter_inbound(
         let table = f.table.load();
         let host_mac = f.host_mac.get();
         let filter_counters = f.filter.counters();
-        let hold_for: Cell<Option<DatagramKey>> = Cell::new(None);
+        let reject: Cell<Reject> = Cell::new(Reject::Drop);
         let filter = &mut f.filter;
+        let control = &f.control;
         let mut tally = Tally::default();
         burst.retain_or(
             |m| {
+                if is_control_frame(m.data()) {
+                    reject.set(Reject::Control);
+                    return false;
+                }
                 let d = filter.classify(&table, m.data(), now_ms);
                 tally.add(&filter_counters, &d);
                 match d.verdict {
@@ -317,15 +367,18 @@ fn filter_inbound(
                         true
                     }
                     Verdict::Pass(_) => true,
-                    Verdict::Drop(_) => false,
+                    Verdict::Drop(_) => {
+                        reject.set(Reject::Drop);
+                        false
+                    }
                     Verdict::Hold => {
-                        hold_for.set(Some(filter.held_datagram()));
+                        reject.set(Reject::Hold(filter.held_datagram()));
                         false
                     }
                 }
             },
-            |m| match hold_for.take() {
-                Some(key) => {
+            |m| match reject.get() {
+                Reject::Hold(key) => {
                     if let Err(m) = held.hold(key, m, now_ms) {
                         filter_counters
                             .count(&Decision::of(Verdict::Drop(Reason::FragmentOverflow)));
@@ -333,8 +386,15 @@ fn filter_inbound(
                         let _ = dropped.push(m);
                     }
                 }
+                Reject::Control => match control.ring.push(m) {
+                    Ok(()) => bump(&control.frames, 1),
+                    Err(m) => {
+                        bump(&control.ring_full, 1);
+                        let _ = dropped.push(m);
+                    }
+                },
                 // Freed together below, in one bulk call.
-                None => {
+                Reject::Drop => {
                     let _ = dropped.push(m);
                 }
             },
@@ -390,6 +450,16 @@ mod tests {
         assert_eq!(h.get(), Some([0x02, 0, 0, 0, 1, 2]));
         h.learn(&frame[..8]);
         assert_eq!(h.get(), Some([0x02, 0, 0, 0, 1, 2]), "runts teach nothing");
+    }
+
+    #[test]
+    fn heartbeats_go_to_the_control_thread() {
+        let mut f = [0u8; 64];
+        f[12..14].copy_from_slice(&[0x88, 0x6f]);
+        assert!(is_control_frame(&f));
+        assert!(!is_control_frame(&f[..13]));
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert!(!is_control_frame(&f));
     }
 
     #[test]

@@ -162,3 +162,82 @@ fn three_hosts_partition_vip_frames_and_all_pass_the_rest() {
     assert_eq!(total as usize, vip.iter().filter(|v| **v).count());
     assert!(per_host.iter().all(|&n| n > total / 6), "{per_host:?}");
 }
+
+#[test]
+fn heartbeats_go_to_the_control_thread_and_never_to_the_host() {
+    use std::net::Ipv4Addr;
+    use wlbs_control::heartbeat::{self, HeartbeatRepr, RuleState};
+    use wlbs_dataplane::wire::EthernetAddress;
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let peer = |priority: u8| HeartbeatRepr {
+        version: 0x0206,
+        host_priority: priority,
+        cluster_ip: Ipv4Addr::new(192, 0, 2, 10),
+        dedicated_ip: Ipv4Addr::new(192, 0, 2, 10 + priority),
+        host_id: priority as u16 - 1,
+        default_host_id: 0,
+        convergence_state: 0,
+        unique_host_code: 7,
+        packets_handled: 0,
+        teaming: 0,
+        rules: vec![RuleState::default(); 2],
+    };
+    let mut frames = Vec::new();
+    for i in 0..5u8 {
+        let src = EthernetAddress([0x02, 2 + i % 2, 192, 0, 2, 10]);
+        frames.push(heartbeat::emit_frame(
+            &peer(2 + i % 2),
+            src,
+            EthernetAddress::BROADCAST,
+        ));
+    }
+    // Another Microsoft protocol on the same EtherType: counted, dropped.
+    let mut other = frames[0].clone();
+    other[14..18].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+    frames.push(other);
+    // A runt of the EtherType: malformed.
+    frames.push(frames[0][..40].to_vec());
+    // And ordinary traffic to a dedicated address, which passes.
+    frames.push(frame([198, 51, 100, 1], [192, 0, 2, 11], 1000, 22, true, 1));
+    let records: Vec<Record> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
+        .collect();
+    pcap::write_all(std::fs::File::create(p("in.pcap")).unwrap(), &records).unwrap();
+    pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
+    let eal = vec![
+        "--vdev".to_string(),
+        format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}",
+            p("in.pcap").display(),
+            p("cluster-out.pcap").display()
+        ),
+        "--vdev".to_string(),
+        format!(
+            "net_pcap1,rx_pcap={},tx_pcap={}",
+            p("empty.pcap").display(),
+            p("host-out.pcap").display()
+        ),
+    ];
+    let mut app = Appliance::start("hb", &CONFIG.replace("PRIORITY", "1"), &eal);
+    assert!(
+        app.wait_for("forwarding:", Duration::from_secs(30)),
+        "{}",
+        app.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let summary = exit.summary().unwrap();
+    assert!(
+        summary
+            .contains("control heartbeats 5, identity 0, unknown code 1, malformed 1, ring full 0"),
+        "{summary}"
+    );
+    let out = pcap::read_all(std::fs::File::open(p("host-out.pcap")).unwrap()).unwrap();
+    assert_eq!(out.len(), 1, "only the ordinary frame reaches the host");
+    assert_eq!(out[0].data, frames[7]);
+}
