@@ -6,5 +6,6 @@ pub mod assignment;
 pub mod cluster;
 pub mod config;
 pub mod heartbeat;
+pub mod membership;
 pub mod pcap;
 pub mod replay;

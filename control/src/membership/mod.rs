@@ -1,0 +1,876 @@
+//! WLBS membership and convergence as a pure state machine (sans-IO, after quinn-proto): no
+//! socket, no clock, no threads. The appliance feeds it heartbeats and time and sends what it
+//! asks for; the tests feed it a simulated network and a virtual clock.
+//!
+//! ```text
+//! handle_ping(now, ping)   a peer's heartbeat arrived
+//! handle_timeout(now)      time passed (call at poll_timeout() or later)
+//! poll_transmit(now)       our heartbeat, when one is due
+//! poll_event()             what happened (converged, host failed, peer refused, ...)
+//! ownership()              what the data plane may take now, per rule
+//! ```
+//!
+//! **Liveness** (SWIM-style, so one receiver's losses are not enough to fail a host): a host
+//! is alive while someone has heard it recently: this host directly, or a live member whose
+//! heartbeat lists it as heard within its last two periods. It is failed after `tolerance`
+//! periods without either.
+//!
+//! **Agreement.** Each heartbeat carries the sender's *view* (the live members it accepts) and
+//! a digest of the *input* (every member's priority and per-rule parameters). While views or
+//! inputs differ, hosts are converging and keep their bucket maps frozen. When every member of
+//! the view reports the same view and input, each host computes the *target* assignment on its
+//! own: `assignment::assign` with, as the previous assignment, the owners the members' frozen
+//! maps report. Frozen maps are the same in every heartbeat a member sends in this round, so
+//! every host computes the same target; a digest of it in the heartbeats confirms that. Then
+//! the cluster is converged and hand-offs proceed.
+//!
+//! **Hand-off** of a bucket from A to B (both live): A stops taking new connections at once
+//! (outgoing) and keeps those it holds; B waits until A's heartbeat no longer lists the bucket
+//! in its new map (so no two hosts take new connections at once), then takes new connections
+//! (incoming); when A reports the bucket idle (no descriptors left) or the cleanup delay has
+//! passed, B owns it fully and A lets go. A failed host's buckets are taken at once.
+//!
+//! **Consistency**: a peer whose configuration fingerprint differs, or that duplicates a host
+//! priority or a single-host handling priority, is refused: left out of the view, reported
+//! once per cause.
+
+mod ping;
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+
+pub use ping::{HostState, Ping, RuleMaps};
+use wlbs_dataplane::filter::table::RuleOwnership;
+use wlbs_dataplane::filter::{Mode, BUCKETS};
+
+use crate::assignment::{self, Assignment, Member, NOBODY};
+
+/// Highest host priority.
+pub const MAX_PRIORITY: u8 = 32;
+
+/// What this host is and how the cluster is set up: the parts peers must share are folded
+/// into `config_fingerprint`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub priority: u8,
+    pub dedicated_ip: Ipv4Addr,
+    /// A per-host random number: tells two hosts configured with the same priority apart.
+    pub host_code: u32,
+    /// Everything peers must agree on (cluster IP and MAC, mode, port rules, period).
+    pub config_fingerprint: u32,
+    pub period_ms: u64,
+    pub tolerance: u32,
+    pub cleanup_delay_ms: u64,
+    pub modes: Vec<Mode>,
+    /// This host's load weight per rule (multiple-host rules).
+    pub load_weights: Vec<u8>,
+    /// This host's handling priority per rule (single-host rules; 0 elsewhere).
+    pub handling_priorities: Vec<u8>,
+}
+
+/// Something the operator (and the log) should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Converged: every member agrees on the view and the target assignment.
+    Converged {
+        members: Vec<u8>,
+        default_host: Option<u8>,
+    },
+    /// Started converging again (the view or a member's parameters changed).
+    Converging { reason: String },
+    /// A member stopped being heard.
+    HostFailed { priority: u8 },
+    /// A new member was heard.
+    HostJoined { priority: u8 },
+    /// A peer is left out because its setup conflicts with ours.
+    PeerRefused {
+        priority: u8,
+        dedicated_ip: Ipv4Addr,
+        cause: Refusal,
+    },
+    /// Two default hosts were seen: two sub-clusters merged.
+    Partition { other_default: u8 },
+    /// Drainstop finished: no connections left, the host stopped.
+    DrainComplete,
+}
+
+/// Why a peer is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its cluster configuration (cluster IP, MAC, mode, port rules, period) differs.
+    ConfigMismatch { ours: u32, theirs: u32 },
+    /// Another host uses the same host priority.
+    DuplicatePriority,
+    /// It uses a single-host handling priority that another member uses for the same rule.
+    DuplicateHandlingPriority { rule: usize, handling_priority: u8 },
+}
+
+/// Per-bucket state on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    /// Not ours.
+    None,
+    /// Ours: all traffic.
+    Owned,
+    /// Moving to us: new connections ours, the old owner keeps its own.
+    Incoming { from: u8 },
+    /// Assigned to us, but the old owner still takes new connections: wait.
+    Pending { from: u8 },
+    /// Assigned back to us while we were handing it to `from`, which already takes new
+    /// connections: we keep serving ours (as when handing away) and wait like `Pending`.
+    Reclaiming { from: u8 },
+    /// Moving away: we keep our connections, nothing new.
+    Outgoing { to: u8, since_ms: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// Last heartbeat heard from it directly.
+    last_direct_ms: Option<u64>,
+    /// Last time a live member reported hearing it.
+    last_indirect_ms: Option<u64>,
+    last: Option<Ping>,
+    refused: Option<Refusal>,
+    /// A different host code seen with this priority recently (duplicate priority).
+    other_code_ms: Option<u64>,
+}
+
+/// The membership state machine of one host.
+pub struct Membership {
+    s: Settings,
+    peers: Vec<Peer>,
+    /// Members this host considers live and accepted (bit p-1 for priority p), itself included.
+    view: u32,
+    state: HostState,
+    converged: bool,
+    /// Target computed for (view, input); its digest.
+    target: Option<(u32, u32, Assignment)>,
+    buckets: Vec<[Bucket; BUCKETS]>,
+    /// Per rule: outgoing buckets whose descriptors reached zero (from the data plane).
+    idle_local: Vec<u64>,
+    draining: bool,
+    next_ping_ms: u64,
+    events: VecDeque<Event>,
+    /// When the view or input last changed: agreement needs them stable for a while, so a
+    /// starting host hears its peers before it takes anything.
+    stable_since_ms: u64,
+    last_input: u32,
+    /// A starting host listens for two periods before it takes anything, so it hears the
+    /// members already running (each sends every period).
+    listen_until_ms: u64,
+}
+
+impl Membership {
+    pub fn new(settings: Settings, now_ms: u64) -> Membership {
+        let rules = settings.modes.len();
+        let mut m = Membership {
+            peers: vec![Peer::default(); MAX_PRIORITY as usize + 1],
+            view: bit(settings.priority),
+            state: HostState::Converging,
+            converged: false,
+            target: None,
+            buckets: vec![[Bucket::None; BUCKETS]; rules],
+            idle_local: vec![0; rules],
+            draining: false,
+            next_ping_ms: now_ms,
+            events: VecDeque::new(),
+            stable_since_ms: now_ms,
+            last_input: 0,
+            listen_until_ms: now_ms + 2 * settings.period_ms,
+            s: settings,
+        };
+        m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
+        m
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.s.priority
+    }
+
+    pub fn state(&self) -> HostState {
+        self.state
+    }
+
+    /// Live, accepted members (priorities, ascending), this host included.
+    pub fn members(&self) -> Vec<u8> {
+        members_of(self.view)
+    }
+
+    pub fn is_converged(&self) -> bool {
+        self.converged
+    }
+
+    /// The agreed target assignment, once computed.
+    pub fn target(&self) -> Option<&Assignment> {
+        self.target.as_ref().map(|(_, _, a)| a)
+    }
+
+    /// The lowest live member: the default host.
+    pub fn default_host(&self) -> Option<u8> {
+        self.members().first().copied()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` wants to run next (never, once stopped).
+    pub fn poll_timeout(&self) -> u64 {
+        if self.state == HostState::Stopped {
+            u64::MAX
+        } else {
+            self.next_ping_ms
+        }
+    }
+
+    /// Drainstop: take no new connections, let existing ones finish, then stop.
+    pub fn drainstop(&mut self, now_ms: u64) {
+        if self.state == HostState::Stopped {
+            return;
+        }
+        self.draining = true;
+        self.state = HostState::Draining;
+        self.events.push_back(Event::Converging {
+            reason: format!("host {} drainstop", self.s.priority),
+        });
+        self.converged = false;
+        self.recompute(now_ms);
+    }
+
+    /// Tells the core which outgoing buckets have no descriptors left (per rule bitmaps,
+    /// from the data plane's per-bucket counts).
+    pub fn set_idle(&mut self, idle: &[u64]) {
+        for (mine, theirs) in self.idle_local.iter_mut().zip(idle) {
+            *mine = *theirs;
+        }
+    }
+
+    /// What the data plane may take now.
+    pub fn ownership(&self) -> Vec<RuleOwnership> {
+        let target = self.target.as_ref().map(|(_, _, a)| a);
+        (0..self.s.modes.len())
+            .map(|r| {
+                let mut o = RuleOwnership::default();
+                for (b, state) in self.buckets[r].iter().enumerate() {
+                    match state {
+                        Bucket::Owned => o.owned |= 1 << b,
+                        Bucket::Incoming { .. } => o.incoming |= 1 << b,
+                        Bucket::Outgoing { .. } | Bucket::Reclaiming { .. } => o.outgoing |= 1 << b,
+                        Bucket::None | Bucket::Pending { .. } => {}
+                    }
+                }
+                o.handler = self.state != HostState::Stopped
+                    && target.is_some_and(|t| t.rules[r].handler == Some(self.s.priority));
+                o
+            })
+            .collect()
+    }
+
+    /// A peer's heartbeat.
+    pub fn handle_ping(&mut self, now_ms: u64, ping: &Ping) {
+        let p = ping.priority;
+        if p == 0 || p > MAX_PRIORITY || self.state == HostState::Stopped {
+            return;
+        }
+        if p == self.s.priority {
+            if ping.host_code != self.s.host_code {
+                // Someone else claims our priority.
+                self.peers[p as usize].other_code_ms = Some(now_ms);
+                self.refuse(p, ping.dedicated_ip, Refusal::DuplicatePriority);
+            }
+            return;
+        }
+        let was_alive = self.alive(p, now_ms);
+        {
+            let peer = &mut self.peers[p as usize];
+            if let Some(last) = &peer.last {
+                if last.host_code != ping.host_code
+                    && peer.last_direct_ms.is_some_and(|t| {
+                        now_ms.saturating_sub(t) <= self.s.period_ms * self.s.tolerance as u64
+                    })
+                {
+                    peer.other_code_ms = Some(now_ms);
+                }
+            }
+            peer.last_direct_ms = Some(now_ms);
+            peer.last = Some(ping.clone());
+        }
+        // Consistency checks: a conflicting peer stays out of the view.
+        let cause = if ping.config != self.s.config_fingerprint {
+            Some(Refusal::ConfigMismatch {
+                ours: self.s.config_fingerprint,
+                theirs: ping.config,
+            })
+        } else if self.peers[p as usize]
+            .other_code_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= self.window_ms())
+        {
+            Some(Refusal::DuplicatePriority)
+        } else {
+            self.handling_conflict(ping)
+        };
+        match cause {
+            Some(c) => self.refuse(p, ping.dedicated_ip, c),
+            None => self.peers[p as usize].refused = None,
+        }
+        // Hosts it has heard are alive as far as we know (indirect liveness).
+        if self.peers[p as usize].refused.is_none() {
+            let heard_at = now_ms.saturating_sub(2 * self.s.period_ms);
+            for q in members_of(ping.heard) {
+                if q != p && q != self.s.priority {
+                    let peer = &mut self.peers[q as usize];
+                    peer.last_indirect_ms = Some(peer.last_indirect_ms.unwrap_or(0).max(heard_at));
+                }
+            }
+            if !was_alive {
+                self.events.push_back(Event::HostJoined { priority: p });
+            }
+            if let Some(d) = ping.default_host {
+                if ping.state.is_converged()
+                    && self.converged
+                    && Some(d) != self.default_host()
+                    && d < self.s.priority
+                    && bit(d) & self.view == 0
+                {
+                    self.events.push_back(Event::Partition { other_default: d });
+                }
+            }
+        }
+        self.recompute(now_ms);
+    }
+
+    /// Time passed: liveness, hand-off progress, and our next heartbeat's timing.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.recompute(now_ms);
+    }
+
+    /// Our heartbeat, when one is due (every period).
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Ping> {
+        if now_ms < self.next_ping_ms || self.state == HostState::Stopped {
+            return None;
+        }
+        self.next_ping_ms = now_ms + self.s.period_ms;
+        Some(self.ping(now_ms))
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.s.period_ms * self.s.tolerance as u64
+    }
+
+    fn refuse(&mut self, p: u8, dedicated_ip: Ipv4Addr, cause: Refusal) {
+        let peer = &mut self.peers[p as usize];
+        if peer.refused.as_ref() != Some(&cause) {
+            peer.refused = Some(cause.clone());
+            self.events.push_back(Event::PeerRefused {
+                priority: p,
+                dedicated_ip,
+                cause,
+            });
+        }
+    }
+
+    /// A single-host rule whose handling priority the peer shares with us or another member.
+    fn handling_conflict(&self, ping: &Ping) -> Option<Refusal> {
+        for (r, mode) in self.s.modes.iter().enumerate() {
+            if *mode != Mode::Single {
+                continue;
+            }
+            let theirs = ping.handling_priorities.get(r).copied().unwrap_or(0);
+            if theirs == 0 {
+                continue;
+            }
+            let mine = self.s.handling_priorities.get(r).copied().unwrap_or(0);
+            let clash_with_me = mine == theirs && !self.draining;
+            let clash_with_other = self.peers.iter().enumerate().any(|(q, peer)| {
+                q as u8 != ping.priority
+                    && peer.refused.is_none()
+                    && peer.last.as_ref().is_some_and(|l| {
+                        l.handling_priorities.get(r).copied().unwrap_or(0) == theirs
+                            && l.priority < ping.priority
+                    })
+                    && bit(q as u8) & self.view != 0
+            });
+            if clash_with_me || clash_with_other {
+                return Some(Refusal::DuplicateHandlingPriority {
+                    rule: r,
+                    handling_priority: theirs,
+                });
+            }
+        }
+        None
+    }
+
+    fn alive(&self, p: u8, now_ms: u64) -> bool {
+        if p == self.s.priority {
+            return self.state != HostState::Stopped;
+        }
+        let peer = &self.peers[p as usize];
+        let last = peer
+            .last_direct_ms
+            .unwrap_or(0)
+            .max(peer.last_indirect_ms.unwrap_or(0));
+        (peer.last_direct_ms.is_some() || peer.last_indirect_ms.is_some())
+            && now_ms.saturating_sub(last) <= self.window_ms()
+            && peer.last.is_some()
+            && !peer
+                .last
+                .as_ref()
+                .is_some_and(|l| l.state == HostState::Stopped)
+    }
+
+    /// The members this host accepts now.
+    fn compute_view(&self, now_ms: u64) -> u32 {
+        let mut view = 0;
+        for p in 1..=MAX_PRIORITY {
+            if self.alive(p, now_ms)
+                && (p == self.s.priority || self.peers[p as usize].refused.is_none())
+            {
+                view |= bit(p);
+            }
+        }
+        view
+    }
+
+    /// The members and their parameters, as the assignment takes them.
+    fn input(&self) -> Vec<Member> {
+        members_of(self.view)
+            .into_iter()
+            .map(|p| {
+                if p == self.s.priority {
+                    self.me_as_member()
+                } else {
+                    let l = self.peers[p as usize]
+                        .last
+                        .as_ref()
+                        .expect("alive peers have pings");
+                    Member {
+                        priority: p,
+                        load_weights: if l.draining {
+                            vec![0; self.s.modes.len()]
+                        } else {
+                            l.load_weights.clone()
+                        },
+                        handling_priorities: l
+                            .handling_priorities
+                            .iter()
+                            .map(|&h| if l.draining || h == 0 { u8::MAX } else { h })
+                            .collect(),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn me_as_member(&self) -> Member {
+        Member {
+            priority: self.s.priority,
+            load_weights: if self.draining {
+                vec![0; self.s.modes.len()]
+            } else {
+                self.s.load_weights.clone()
+            },
+            handling_priorities: self
+                .s
+                .handling_priorities
+                .iter()
+                .map(|&h| if self.draining || h == 0 { u8::MAX } else { h })
+                .collect(),
+        }
+    }
+
+    fn input_digest(&self) -> u32 {
+        let mut h = Fnv::new();
+        h.u32(self.view);
+        for m in self.input() {
+            h.u8(m.priority);
+            h.bytes(&m.load_weights);
+            h.bytes(&m.handling_priorities);
+        }
+        h.finish()
+    }
+
+    /// Re-evaluates everything: view, agreement, target, hand-off progress.
+    fn recompute(&mut self, now_ms: u64) {
+        if self.state == HostState::Stopped {
+            return;
+        }
+        let view = self.compute_view(now_ms);
+        if view != self.view {
+            for p in members_of(self.view & !view) {
+                if p != self.s.priority {
+                    self.events.push_back(Event::HostFailed { priority: p });
+                }
+            }
+            self.view = view;
+            self.take_over_failed(now_ms);
+            if self.converged {
+                self.events.push_back(Event::Converging {
+                    reason: format!("members now {:?}", members_of(view)),
+                });
+            }
+            self.converged = false;
+        }
+        let input = self.input_digest();
+        if input != self.last_input {
+            self.last_input = input;
+            self.stable_since_ms = now_ms;
+        }
+        if self.target.as_ref().is_some_and(|(i, _, _)| *i != input) {
+            if self.converged {
+                self.events.push_back(Event::Converging {
+                    reason: "member parameters changed".into(),
+                });
+            }
+            self.converged = false;
+            self.target = None;
+        }
+        // Phase 1: the view and input held still for a period (so a starting host hears its
+        // peers before it takes anything), and every member reports them.
+        let stable = now_ms.saturating_sub(self.stable_since_ms) >= self.s.period_ms
+            && now_ms >= self.listen_until_ms;
+        let agreed_input = stable
+            && members_of(self.view).into_iter().all(|p| {
+                p == self.s.priority
+                    || self.peers[p as usize]
+                        .last
+                        .as_ref()
+                        .is_some_and(|l| l.view == self.view && l.input == input)
+            });
+        if agreed_input && self.target.is_none() {
+            let a = assignment::assign(&self.s.modes, &self.input(), Some(&self.previous()));
+            let digest = digest_of(&a);
+            self.target = Some((input, digest, a));
+            self.apply_target(now_ms);
+        }
+        // Phase 2: every member reports the same target.
+        if let Some((_, digest, _)) = &self.target {
+            let digest = *digest;
+            let agreed = agreed_input
+                && members_of(self.view).into_iter().all(|p| {
+                    p == self.s.priority
+                        || self.peers[p as usize]
+                            .last
+                            .as_ref()
+                            .is_some_and(|l| l.target == digest)
+                });
+            if agreed && !self.converged {
+                self.converged = true;
+                self.events.push_back(Event::Converged {
+                    members: members_of(self.view),
+                    default_host: self.default_host(),
+                });
+            }
+        }
+        if self.converged {
+            self.progress_hand_offs(now_ms);
+        }
+        self.state = if self.draining {
+            if self.converged && self.holds_nothing() {
+                self.events.push_back(Event::DrainComplete);
+                self.buckets
+                    .iter_mut()
+                    .for_each(|r| *r = [Bucket::None; BUCKETS]);
+                HostState::Stopped
+            } else {
+                HostState::Draining
+            }
+        } else if !self.converged {
+            HostState::Converging
+        } else if self.default_host() == Some(self.s.priority) {
+            HostState::ConvergedDefault
+        } else {
+            HostState::Converged
+        };
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.buckets.iter().enumerate().all(|(r, rule)| {
+            rule.iter().enumerate().all(|(b, s)| match s {
+                Bucket::None | Bucket::Pending { .. } => true,
+                Bucket::Outgoing { .. } | Bucket::Reclaiming { .. } => {
+                    self.idle_local[r] & (1 << b) != 0
+                }
+                _ => false,
+            })
+        })
+    }
+
+    /// Buckets whose old owner failed become ours at once (no one else holds connections).
+    fn take_over_failed(&mut self, _now_ms: u64) {
+        let view = self.view;
+        for rule in self.buckets.iter_mut() {
+            for s in rule.iter_mut() {
+                match *s {
+                    Bucket::Incoming { from } | Bucket::Pending { from }
+                        if bit(from) & view == 0 =>
+                    {
+                        *s = Bucket::Owned
+                    }
+                    Bucket::Outgoing { to, .. } if bit(to) & view == 0 => *s = Bucket::Owned,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The owners the members' frozen maps report: the previous assignment every host uses.
+    fn previous(&self) -> Assignment {
+        let rules = self.s.modes.len();
+        let mut prev = Assignment {
+            rules: (0..rules)
+                .map(|_| assignment::RuleAssignment {
+                    owners: [NOBODY; BUCKETS],
+                    handler: None,
+                })
+                .collect(),
+            default_host: None,
+        };
+        for p in members_of(self.view) {
+            let maps = if p == self.s.priority {
+                self.maps()
+            } else {
+                match &self.peers[p as usize].last {
+                    Some(l) => l.rules.clone(),
+                    None => continue,
+                }
+            };
+            for (r, m) in maps.iter().enumerate().take(rules) {
+                for b in 0..BUCKETS {
+                    let claims = (m.new | m.ready) & (1 << b) != 0;
+                    let o = &mut prev.rules[r].owners[b];
+                    if claims && (*o == NOBODY || p < *o) {
+                        *o = p;
+                    }
+                }
+            }
+        }
+        // Buckets nobody claims for new connections: whoever still serves them.
+        for p in members_of(self.view) {
+            let maps = if p == self.s.priority {
+                self.maps()
+            } else {
+                match &self.peers[p as usize].last {
+                    Some(l) => l.rules.clone(),
+                    None => continue,
+                }
+            };
+            for (r, m) in maps.iter().enumerate().take(rules) {
+                for b in 0..BUCKETS {
+                    let o = &mut prev.rules[r].owners[b];
+                    if *o == NOBODY && m.current & (1 << b) != 0 {
+                        *o = p;
+                    }
+                }
+            }
+        }
+        prev
+    }
+
+    /// Moves this host's buckets towards the new target.
+    fn apply_target(&mut self, now_ms: u64) {
+        let Some((_, _, target)) = &self.target else {
+            return;
+        };
+        let me = self.s.priority;
+        let prev = self.previous();
+        for (r, rule) in self.buckets.iter_mut().enumerate() {
+            if self.s.modes[r] != Mode::Multiple {
+                *rule = [Bucket::None; BUCKETS];
+                continue;
+            }
+            for (b, s) in rule.iter_mut().enumerate() {
+                let to = target.rules[r].owners[b];
+                let from = prev.rules[r].owners[b];
+                *s = match (*s, to == me) {
+                    (Bucket::Owned | Bucket::Incoming { .. }, true) => *s,
+                    (Bucket::Outgoing { to: t, .. } | Bucket::Reclaiming { from: t }, true) => {
+                        if t != me && bit(t) & self.view != 0 {
+                            Bucket::Reclaiming { from: t }
+                        } else {
+                            Bucket::Owned
+                        }
+                    }
+                    (_, true) => {
+                        if from != NOBODY && from != me && bit(from) & self.view != 0 {
+                            Bucket::Pending { from }
+                        } else {
+                            Bucket::Owned
+                        }
+                    }
+                    (Bucket::Owned | Bucket::Incoming { .. }, false) if to != NOBODY => {
+                        Bucket::Outgoing {
+                            to,
+                            since_ms: now_ms,
+                        }
+                    }
+                    (Bucket::Outgoing { since_ms, .. }, false) if to != NOBODY => {
+                        Bucket::Outgoing { to, since_ms }
+                    }
+                    (Bucket::Reclaiming { .. }, false) if to != NOBODY => Bucket::Outgoing {
+                        to,
+                        since_ms: now_ms,
+                    },
+                    (_, false) => Bucket::None,
+                };
+            }
+        }
+    }
+
+    /// After agreement: pending -> incoming when the old owner stopped taking new
+    /// connections; incoming -> owned when it reports the bucket idle (or the cleanup delay
+    /// passed); outgoing -> none when the new owner owns it.
+    fn progress_hand_offs(&mut self, now_ms: u64) {
+        let delay = self.s.cleanup_delay_ms;
+        for r in 0..self.buckets.len() {
+            for b in 0..BUCKETS {
+                let s = self.buckets[r][b];
+                let peer_maps = |p: u8| {
+                    self.peers[p as usize]
+                        .last
+                        .as_ref()
+                        .and_then(|l| l.rules.get(r).copied())
+                        .unwrap_or_default()
+                };
+                self.buckets[r][b] = match s {
+                    Bucket::Pending { from } | Bucket::Reclaiming { from }
+                        if peer_maps(from).new & (1 << b) == 0 =>
+                    {
+                        Bucket::Incoming { from }
+                    }
+                    Bucket::Incoming { from } => {
+                        let m = peer_maps(from);
+                        if m.idle & (1 << b) != 0 || m.current & (1 << b) == 0 {
+                            Bucket::Owned
+                        } else {
+                            s
+                        }
+                    }
+                    Bucket::Outgoing { to, since_ms } => {
+                        let theirs = peer_maps(to);
+                        if theirs.current & (1 << b) != 0 && theirs.new & (1 << b) != 0 {
+                            // The new owner owns it fully: let go.
+                            Bucket::None
+                        } else if now_ms.saturating_sub(since_ms) >= delay {
+                            // Cleanup delay passed: report it idle regardless.
+                            self.idle_local[r] |= 1 << b;
+                            s
+                        } else {
+                            s
+                        }
+                    }
+                    other => other,
+                };
+            }
+        }
+    }
+
+    /// Our bucket maps, as the heartbeat carries them.
+    fn maps(&self) -> Vec<RuleMaps> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(r, rule)| {
+                let mut m = RuleMaps::default();
+                for (b, s) in rule.iter().enumerate() {
+                    let bit = 1u64 << b;
+                    match s {
+                        Bucket::Owned => {
+                            m.current |= bit;
+                            m.new |= bit;
+                        }
+                        Bucket::Incoming { .. } => m.new |= bit,
+                        Bucket::Pending { .. } => m.ready |= bit,
+                        Bucket::Reclaiming { .. } => {
+                            m.current |= bit;
+                            m.ready |= bit;
+                            if self.idle_local[r] & bit != 0 {
+                                m.idle |= bit;
+                            }
+                        }
+                        Bucket::Outgoing { .. } => {
+                            m.current |= bit;
+                            if self.idle_local[r] & bit != 0 {
+                                m.idle |= bit;
+                            }
+                        }
+                        Bucket::None => {}
+                    }
+                }
+                m
+            })
+            .collect()
+    }
+
+    fn ping(&self, now_ms: u64) -> Ping {
+        let mut heard = bit(self.s.priority);
+        for p in 1..=MAX_PRIORITY {
+            if self.peers[p as usize]
+                .last_direct_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) <= 2 * self.s.period_ms)
+                && p != self.s.priority
+            {
+                heard |= bit(p);
+            }
+        }
+        Ping {
+            priority: self.s.priority,
+            host_code: self.s.host_code,
+            dedicated_ip: self.s.dedicated_ip,
+            config: self.s.config_fingerprint,
+            view: self.view,
+            heard,
+            input: self.input_digest(),
+            target: self.target.as_ref().map_or(0, |(_, d, _)| *d),
+            state: self.state,
+            default_host: self.default_host(),
+            draining: self.draining,
+            load_weights: self.s.load_weights.clone(),
+            handling_priorities: self.s.handling_priorities.clone(),
+            rules: self.maps(),
+        }
+    }
+}
+
+fn bit(p: u8) -> u32 {
+    if (1..=MAX_PRIORITY).contains(&p) {
+        1 << (p - 1)
+    } else {
+        0
+    }
+}
+
+fn members_of(view: u32) -> Vec<u8> {
+    (1..=MAX_PRIORITY).filter(|&p| view & bit(p) != 0).collect()
+}
+
+fn digest_of(a: &Assignment) -> u32 {
+    let mut h = Fnv::new();
+    for r in &a.rules {
+        h.bytes(&r.owners);
+        h.u8(r.handler.unwrap_or(0));
+    }
+    h.u8(a.default_host.unwrap_or(0));
+    // 0 means "no target" in heartbeats.
+    h.finish().max(1)
+}
+
+/// FNV-1a: a stable digest for agreement checks (not security).
+struct Fnv(u32);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0x811c_9dc5)
+    }
+    fn u8(&mut self, b: u8) {
+        self.0 = (self.0 ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    fn u32(&mut self, v: u32) {
+        v.to_le_bytes().iter().for_each(|&b| self.u8(b));
+    }
+    fn bytes(&mut self, bs: &[u8]) {
+        bs.iter().for_each(|&b| self.u8(b));
+    }
+    fn finish(&self) -> u32 {
+        self.0
+    }
+}
