@@ -35,6 +35,7 @@
 //! once per cause.
 
 mod ping;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;

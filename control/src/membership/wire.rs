@@ -1,0 +1,233 @@
+//! A [`Ping`] on the wire: the NLB heartbeat layout (so Wireshark and tcpdump decode it as an
+//! MS NLB heartbeat) plus a wlbs extension block in the heartbeat's reserved tail, which the
+//! public layout leaves free and NLB's dissectors do not interpret.
+//!
+//! ```text
+//! standard fields   priority, cluster IP, dedicated IP, host id (priority - 1), default host id
+//!                   (priority - 1, 0xFFFF: none), convergence state (HostState::wire), rule
+//!                   count, unique host code, per rule: code, current/new/idle/ready maps,
+//!                   load weight
+//! tail (offset 1364, 132 bytes)
+//!   0..4    b"WLBS"            marks the extension
+//!   4       1                  extension version
+//!   5       flags              bit 0: draining
+//!   8..12   view               members the sender accepts (bit p-1), little-endian
+//!   12..16  heard              hosts it heard in its last two periods
+//!   16..20  input digest
+//!   20..24  target digest      0: none yet
+//!   24..28  config fingerprint
+//!   28..61  handling priority per rule (33 bytes)
+//!   64..132 reserved for the authentication tag
+//! ```
+
+use std::net::Ipv4Addr;
+
+use wlbs_dataplane::wire::EthernetAddress;
+
+use super::{HostState, Ping, RuleMaps};
+use crate::heartbeat::{self, HeartbeatRepr, Packet, RuleState, MAX_RULE_SLOTS};
+
+const MAGIC: &[u8; 4] = b"WLBS";
+const EXTENSION_VERSION: u8 = 1;
+/// NLB's heartbeat version field as captures show it (2.6).
+const NLB_VERSION: u32 = 0x0206;
+const NO_DEFAULT_HOST: u16 = 0xffff;
+
+/// Builds the Ethernet frame of `ping` (1510 bytes). `rule_codes` are the per-rule
+/// fingerprints; `cluster_ip` goes in the standard field.
+pub fn encode(
+    ping: &Ping,
+    cluster_ip: Ipv4Addr,
+    rule_codes: &[u32],
+    src: EthernetAddress,
+    dst: EthernetAddress,
+) -> Vec<u8> {
+    let rules = ping
+        .rules
+        .iter()
+        .enumerate()
+        .take(MAX_RULE_SLOTS)
+        .map(|(r, m)| RuleState {
+            code: rule_codes.get(r).copied().unwrap_or(0),
+            current: m.current,
+            new: m.new,
+            idle: m.idle,
+            ready: m.ready,
+            load_weight: ping.load_weights.get(r).copied().unwrap_or(0) as u32,
+        })
+        .collect();
+    let repr = HeartbeatRepr {
+        version: NLB_VERSION,
+        host_priority: ping.priority,
+        cluster_ip,
+        dedicated_ip: ping.dedicated_ip,
+        host_id: ping.priority.saturating_sub(1) as u16,
+        default_host_id: ping
+            .default_host
+            .map_or(NO_DEFAULT_HOST, |d| d.saturating_sub(1) as u16),
+        convergence_state: ping.state.wire(),
+        unique_host_code: ping.host_code,
+        packets_handled: 0,
+        teaming: 0,
+        rules,
+    };
+    let mut frame = heartbeat::emit_frame(&repr, src, dst);
+    let mut packet = Packet::new_unchecked(&mut frame[14..]);
+    let tail = packet.auth_area_mut();
+    tail[0..4].copy_from_slice(MAGIC);
+    tail[4] = EXTENSION_VERSION;
+    tail[5] = ping.draining as u8;
+    tail[8..12].copy_from_slice(&ping.view.to_le_bytes());
+    tail[12..16].copy_from_slice(&ping.heard.to_le_bytes());
+    tail[16..20].copy_from_slice(&ping.input.to_le_bytes());
+    tail[20..24].copy_from_slice(&ping.target.to_le_bytes());
+    tail[24..28].copy_from_slice(&ping.config.to_le_bytes());
+    for (i, h) in ping
+        .handling_priorities
+        .iter()
+        .take(MAX_RULE_SLOTS)
+        .enumerate()
+    {
+        tail[28 + i] = *h;
+    }
+    frame
+}
+
+/// A decoded heartbeat from a wlbs host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub ping: Ping,
+    pub cluster_ip: Ipv4Addr,
+    pub rule_codes: Vec<u32>,
+    pub src: EthernetAddress,
+}
+
+/// Why a heartbeat frame is not a usable [`Ping`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Frame(#[from] heartbeat::Error),
+    #[error("an identity heartbeat, not a membership heartbeat")]
+    Identity,
+    /// An NLB heartbeat without the wlbs extension (e.g. from a Windows host).
+    #[error("an NLB heartbeat without the wlbs extension (a Windows NLB host?)")]
+    NotWlbs,
+    #[error("unknown convergence state {0}")]
+    BadState(u16),
+}
+
+/// Reads a heartbeat frame (as the workers hand it over).
+pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
+    let parsed = heartbeat::parse_frame(frame)?;
+    let repr = match parsed.message {
+        heartbeat::Message::Heartbeat(h) => h,
+        heartbeat::Message::Identity(_) => return Err(DecodeError::Identity),
+    };
+    // parse_frame checked the length and code; the view cannot fail.
+    let packet = Packet::new_checked(&frame[14..])?;
+    let tail = packet.auth_area();
+    if &tail[0..4] != MAGIC || tail[4] != EXTENSION_VERSION {
+        return Err(DecodeError::NotWlbs);
+    }
+    let u32_at = |i: usize| u32::from_le_bytes([tail[i], tail[i + 1], tail[i + 2], tail[i + 3]]);
+    let state = HostState::from_wire(repr.convergence_state)
+        .ok_or(DecodeError::BadState(repr.convergence_state))?;
+    let rule_count = repr.rules.len();
+    Ok(Decoded {
+        ping: Ping {
+            priority: repr.host_priority,
+            host_code: repr.unique_host_code,
+            dedicated_ip: repr.dedicated_ip,
+            config: u32_at(24),
+            view: u32_at(8),
+            heard: u32_at(12),
+            input: u32_at(16),
+            target: u32_at(20),
+            state,
+            default_host: (repr.default_host_id != NO_DEFAULT_HOST && repr.default_host_id < 32)
+                .then(|| repr.default_host_id as u8 + 1),
+            draining: tail[5] & 1 != 0,
+            load_weights: repr
+                .rules
+                .iter()
+                .map(|r| r.load_weight.min(255) as u8)
+                .collect(),
+            handling_priorities: tail[28..28 + rule_count].to_vec(),
+            rules: repr
+                .rules
+                .iter()
+                .map(|r| RuleMaps {
+                    current: r.current,
+                    new: r.new,
+                    idle: r.idle,
+                    ready: r.ready,
+                })
+                .collect(),
+        },
+        cluster_ip: repr.cluster_ip,
+        rule_codes: repr.rules.iter().map(|r| r.code).collect(),
+        src: parsed.src_addr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping() -> Ping {
+        Ping {
+            priority: 3,
+            host_code: 0xdead_beef,
+            dedicated_ip: Ipv4Addr::new(192, 0, 2, 13),
+            config: 0x1234_5678,
+            view: 0b111,
+            heard: 0b101,
+            input: 42,
+            target: 77,
+            state: HostState::Converged,
+            default_host: Some(1),
+            draining: true,
+            load_weights: vec![50, 0],
+            handling_priorities: vec![0, 3],
+            rules: vec![
+                RuleMaps {
+                    current: 0xfffff,
+                    new: 0xffff0,
+                    idle: 0xf,
+                    ready: 1 << 40,
+                },
+                RuleMaps::default(),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_ping_survives_the_wire() {
+        let frame = encode(
+            &ping(),
+            Ipv4Addr::new(192, 0, 2, 10),
+            &[0xaa, 0xbb],
+            EthernetAddress([0x02, 3, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+        );
+        assert_eq!(frame.len(), 1510);
+        let d = decode(&frame).unwrap();
+        assert_eq!(d.ping, ping());
+        assert_eq!(d.cluster_ip, Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(d.rule_codes, vec![0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn an_nlb_heartbeat_without_the_extension_is_named() {
+        let mut frame = encode(
+            &ping(),
+            Ipv4Addr::new(192, 0, 2, 10),
+            &[],
+            EthernetAddress([0x02, 3, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+        );
+        frame[14 + 1364] = 0;
+        assert_eq!(decode(&frame), Err(DecodeError::NotWlbs));
+        assert!(decode(&frame[..100]).is_err());
+    }
+}
