@@ -45,6 +45,9 @@ readonly SCRIPTS ROOT
 # Settings
 # ----------------------------------------------------------------------------------------
 HOSTS=${WLBS_LAB_HOSTS:-3}
+# heartbeats: the appliances find each other and converge (WLBS membership, 100 ms period);
+# static: [cluster] members lists every host.
+MEMBERSHIP=${WLBS_LAB_MEMBERSHIP:-heartbeats}
 REQUESTS=${WLBS_LAB_REQUESTS:-300}       # requests to the cluster IP, in all
 PARALLEL=${WLBS_LAB_PARALLEL:-4}         # client loops sending at the same time
 NO_BUILD=${WLBS_LAB_NO_BUILD:-0}
@@ -410,6 +413,14 @@ lcores() {
   echo "$out"
 }
 
+membership_config() { # the [cluster] lines that choose how hosts know each other
+  case "$MEMBERSHIP" in
+    static) echo "members = [$(members)]  # static membership: every host of the lab is live" ;;
+    *) echo "heartbeat_period_ms = 100  # WLBS membership: heartbeats every 100 ms"
+       echo "heartbeat_tolerance = 5" ;;
+  esac
+}
+
 members() { # the static membership: every host of the lab, "1, 2, 3"
   local i out=""
   for ((i = 1; i <= HOSTS; i++)); do out+="${out:+, }$i"; done
@@ -435,7 +446,7 @@ host_mac = "$(server_mac "$i")"  # server $i: accepted frames are rewritten to i
 
 [cluster]
 ip = "$CLUSTER_IP"  # cluster MAC $CLUSTER_MAC (unicast mode)
-members = [$(members)]  # static membership: every host of the lab is live
+$(membership_config)
 
 [host]
 priority = $i
@@ -807,6 +818,7 @@ main() {
     case $1 in
       run | up | down) cmd=$1 ;;
       --hosts) HOSTS=${2:?--hosts needs a number}; shift ;;
+      --membership) MEMBERSHIP=${2:?--membership needs heartbeats or static}; shift ;;
       --hosts=*) HOSTS=${1#*=} ;;
       --requests) REQUESTS=${2:?--requests needs a number}; shift ;;
       --requests=*) REQUESTS=${1#*=} ;;
@@ -855,7 +867,7 @@ main() {
 
   for ((i = 1; i <= HOSTS; i++)); do start_server "$i"; done
   for ((i = 1; i <= HOSTS; i++)); do start_appliance "$i"; done
-  say "started $HOSTS wlbs appliances (static members [$(members)], lcores $(lcores)), logs in $LOGDIR"
+  say "started $HOSTS wlbs appliances ($MEMBERSHIP membership, lcores $(lcores)), logs in $LOGDIR"
   wait_ready
 
   if [ "$cmd" = up ]; then

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use dpdk::{Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
+use dpdk::{Burst, Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
 use tracing::{debug, info, warn};
 use wlbs_dataplane::conn::{ConnectionCounts, Timeouts};
 use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
+use wlbs_dataplane::wire::EthernetAddress;
 use wlbs_dataplane::worker::{
     self, ControlChannel, FilterWorker, HostMac, Idle, WorkerCounters, WorkerQueues, WorkerReport,
 };
@@ -20,6 +21,8 @@ use wlbs_dataplane::worker::{
 use crate::cluster::ClusterView;
 use crate::config::{Config, PortSpec};
 use crate::heartbeat;
+use crate::membership::wire::{self, DecodeError};
+use crate::membership::{Event, HostState, Membership, Ping};
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
 const CONTROL_TICK: Duration = Duration::from_millis(20);
@@ -63,21 +66,34 @@ pub struct ControlCounts {
 }
 
 impl ControlCounts {
-    /// Takes one frame from a worker.
-    fn take(&mut self, frame: &[u8]) {
-        match heartbeat::parse_frame(frame) {
-            Ok(f) => match f.message {
-                heartbeat::Message::Heartbeat(h) => {
-                    self.heartbeats += 1;
-                    debug!(
-                        "heartbeat from host {} (cluster {}, dedicated {})",
-                        h.host_priority, h.cluster_ip, h.dedicated_ip
-                    );
-                }
-                heartbeat::Message::Identity(_) => self.identities += 1,
-            },
-            Err(heartbeat::Error::UnknownCode(_)) => self.unknown_code += 1,
-            Err(_) => self.malformed += 1,
+    /// Takes one frame from a worker; a wlbs heartbeat comes back for the membership core.
+    fn take(&mut self, frame: &[u8]) -> Option<Ping> {
+        match wire::decode(frame) {
+            Ok(d) => {
+                self.heartbeats += 1;
+                debug!(
+                    "heartbeat from host {} (cluster {}, dedicated {})",
+                    d.ping.priority, d.cluster_ip, d.ping.dedicated_ip
+                );
+                Some(d.ping)
+            }
+            // An NLB heartbeat that is not ours (a Windows host): counted, not used.
+            Err(DecodeError::NotWlbs | DecodeError::BadState(_)) => {
+                self.heartbeats += 1;
+                None
+            }
+            Err(DecodeError::Identity) => {
+                self.identities += 1;
+                None
+            }
+            Err(DecodeError::Frame(heartbeat::Error::UnknownCode(_))) => {
+                self.unknown_code += 1;
+                None
+            }
+            Err(DecodeError::Frame(_)) => {
+                self.malformed += 1;
+                None
+            }
         }
     }
 }
@@ -334,7 +350,28 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
 
     // The filter: this host's table from the configuration and static membership.
     let view = ClusterView::from_config(config);
+    let epoch = Instant::now();
+    let now_ms = || epoch.elapsed().as_millis() as u64;
+    // Dynamic membership (no `[cluster] members`): the core decides what we take; until it
+    // converges we take nothing, as an NLB host does while it converges.
+    let mut membership = view
+        .as_ref()
+        .filter(|_| !ClusterView::is_static(config))
+        .map(|view| {
+            let host_code = (dpdk::rdtsc() as u32) | 1;
+            Membership::new(view.membership_settings(config, host_code), now_ms())
+        });
     let published = view.as_ref().map(|view| {
+        if let Some(m) = &membership {
+            info!(
+                "cluster {}: host {} starting, converging with heartbeats every {} ms",
+                view.spec.cluster_ip,
+                view.priority,
+                config.cluster.as_ref().map_or(0, |c| c.heartbeat_period_ms)
+            );
+            let table = view.table_for(&m.ownership(), false, true, 1);
+            return Arc::new(ArcSwap::from_pointee(table));
+        }
         let members = view.static_members(config);
         let (table, assignment) = view.table(&members, None, 1);
         let mine: u32 = (0..assignment.rules.len())
@@ -439,12 +476,75 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     );
 
     let mut control_counts = ControlCounts::default();
+    let mut generation = 1u64;
+    let mut published_state = None;
+    let heartbeat_source = view.as_ref().map(|v| {
+        let ip = v.spec.cluster_ip.octets();
+        // The masked source NLB uses in unicast mode: 02-<priority>-<cluster IP>.
+        EthernetAddress([0x02, v.priority, ip[0], ip[1], ip[2], ip[3]])
+    });
+    let rule_codes = view.as_ref().map(|v| v.rule_codes()).unwrap_or_default();
+    let mut cluster_tx = control.cluster_tx;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(CONTROL_TICK);
+        let tick = match &membership {
+            Some(m) => Duration::from_millis(m.poll_timeout().saturating_sub(now_ms()).clamp(1, 5)),
+            None => CONTROL_TICK,
+        };
+        std::thread::sleep(tick);
+        let now = now_ms();
         for ch in &control_channels {
-            while let Some(m) = ch.ring.pop() {
-                control_counts.take(m.data());
+            while let Some(frame) = ch.ring.pop() {
+                if let (Some(ping), Some(m)) =
+                    (control_counts.take(frame.data()), membership.as_mut())
+                {
+                    m.handle_ping(now, &ping);
+                }
             }
+        }
+        let (Some(m), Some(view), Some(table)) =
+            (membership.as_mut(), view.as_ref(), published.as_ref())
+        else {
+            continue;
+        };
+        // Outgoing buckets whose descriptors all finished are idle.
+        let idle: Vec<u64> = (0..view.modes.len())
+            .map(|r| {
+                let counts = wlbs_dataplane::conn::sum_buckets(&connection_counts, r as u8);
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &n)| n == 0)
+                    .fold(0u64, |acc, (b, _)| acc | 1 << b)
+            })
+            .collect();
+        m.set_idle(&idle);
+        m.handle_timeout(now);
+        while let Some(ping) = m.poll_transmit(now) {
+            let frame = wire::encode(
+                &ping,
+                view.spec.cluster_ip,
+                &rule_codes,
+                heartbeat_source.unwrap_or(EthernetAddress::BROADCAST),
+                EthernetAddress::BROADCAST,
+            );
+            send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
+        }
+        while let Some(event) = m.poll_event() {
+            log_event(&event);
+        }
+        let ownership = m.ownership();
+        let default_host = m.is_converged() && m.default_host() == Some(view.priority);
+        let running = m.state() != HostState::Stopped;
+        let now_state = (ownership.clone(), default_host, running);
+        if published_state.as_ref() != Some(&now_state) {
+            generation += 1;
+            table.store(Arc::new(view.table_for(
+                &ownership,
+                default_host,
+                running,
+                generation,
+            )));
+            published_state = Some(now_state);
         }
     }
 
@@ -499,6 +599,65 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     cluster.stop().context("stopping the cluster port")?;
     host.stop().context("stopping the host port")?;
     Ok(summary)
+}
+
+/// Sends one control frame on the control thread's own TX queue, or hands it to worker 0
+/// when the driver has none to spare. A frame that cannot go out is dropped (the next
+/// heartbeat follows within a period).
+fn send_control_frame(
+    pool: &Mempool,
+    tx: Option<&mut TxQueue>,
+    worker0: &ControlChannel,
+    frame: &[u8],
+) {
+    let Some(mut m) = pool.alloc() else {
+        warn!("no mbuf for a heartbeat");
+        return;
+    };
+    match m.append(frame.len()) {
+        Some(room) => room.copy_from_slice(frame),
+        None => return,
+    }
+    match tx {
+        Some(tx) => {
+            let mut burst = Burst::new();
+            let _ = burst.push(m);
+            tx.tx_burst(&mut burst);
+        }
+        None => {
+            let _ = worker0.tx.push(m);
+        }
+    }
+}
+
+/// Membership events, named as NLB's event log names them.
+fn log_event(event: &Event) {
+    match event {
+        Event::Converged {
+            members,
+            default_host,
+        } => info!(
+            "converged with hosts {{{}}}{}",
+            members
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            default_host.map_or(String::new(), |d| format!(" (default host {d})"))
+        ),
+        Event::Converging { reason } => info!("converging: {reason}"),
+        Event::HostFailed { priority } => warn!("host {priority} failed: no heartbeat heard"),
+        Event::HostJoined { priority } => info!("host {priority} joined"),
+        Event::PeerRefused {
+            priority,
+            dedicated_ip,
+            cause,
+        } => warn!("host {priority} ({dedicated_ip}) refused: {cause:?}"),
+        Event::Partition { other_default } => warn!(
+            "network partition: host {other_default} is a second default host (duplicate cluster subnets)"
+        ),
+        Event::DrainComplete => info!("drainstop complete: no connections left, host stopped"),
+    }
 }
 
 fn log_burst_times(reports: &Mutex<Vec<Option<WorkerReport>>>) {

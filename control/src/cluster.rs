@@ -7,6 +7,7 @@ use wlbs_dataplane::filter::{FilterSpec, Mode};
 
 use crate::assignment::{self, Assignment, Member};
 use crate::config::Config;
+use crate::membership::Settings;
 
 /// A cluster member's view of the cluster: what it filters on and who it is.
 #[derive(Debug, Clone)]
@@ -59,6 +60,68 @@ impl ClusterView {
             .collect()
     }
 
+    /// Whether membership is static (`[cluster] members`) rather than by heartbeats.
+    pub fn is_static(config: &Config) -> bool {
+        config.cluster.as_ref().is_some_and(|c| c.members.is_some())
+    }
+
+    /// Per-rule fingerprints peers compare (any field of a rule changes its code).
+    pub fn rule_codes(&self) -> Vec<u32> {
+        self.spec
+            .rules
+            .iter()
+            .map(|r| fnv(format!("{r:?}").as_bytes()))
+            .collect()
+    }
+
+    /// The membership core's settings for this host. `host_code` tells this instance apart
+    /// from another host started with the same priority.
+    pub fn membership_settings(&self, config: &Config, host_code: u32) -> Settings {
+        let cluster = config
+            .cluster
+            .as_ref()
+            .expect("a cluster view has a [cluster]");
+        // Everything peers must share: cluster addresses, rules, period.
+        let mut shared = format!(
+            "{:?}|{:?}|{}|",
+            self.spec.cluster_ip, self.spec.vips, cluster.heartbeat_period_ms
+        );
+        for code in self.rule_codes() {
+            shared.push_str(&format!("{code:08x}"));
+        }
+        Settings {
+            priority: self.priority,
+            dedicated_ip: match config.host.as_ref().and_then(|h| h.dedicated_ip) {
+                Some(std::net::IpAddr::V4(a)) => a,
+                _ => std::net::Ipv4Addr::UNSPECIFIED,
+            },
+            host_code,
+            config_fingerprint: fnv(shared.as_bytes()),
+            period_ms: cluster.heartbeat_period_ms as u64,
+            tolerance: cluster.heartbeat_tolerance,
+            cleanup_delay_ms: cluster.connection_cleanup_delay_s as u64 * 1000,
+            modes: self.modes.clone(),
+            load_weights: self.me.load_weights.clone(),
+            handling_priorities: self
+                .me
+                .handling_priorities
+                .iter()
+                .map(|&h| if h == u8::MAX { 0 } else { h })
+                .collect(),
+        }
+    }
+
+    /// The table for what the membership core lets this host take.
+    pub fn table_for(
+        &self,
+        ownership: &[wlbs_dataplane::filter::table::RuleOwnership],
+        default_host: bool,
+        running: bool,
+        generation: u64,
+    ) -> FilterTable {
+        FilterTable::new(&self.spec, ownership, default_host, running, generation)
+    }
+
     /// The assignment for `members` and the table this host filters with.
     pub fn table(
         &self,
@@ -77,4 +140,11 @@ impl ClusterView {
         );
         (table, a)
     }
+}
+
+/// FNV-1a, for configuration fingerprints (stable across hosts and builds).
+fn fnv(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }

@@ -41,8 +41,29 @@ pub struct Cluster {
     #[serde(default = "default_mask")]
     pub mask: Ipv4Addr,
     /// Static membership: the host priorities of the live members, this host included. Used
-    /// when membership is driven from outside (as with Linux xt_cluster).
+    /// when membership is driven from outside (as with Linux xt_cluster). Unset: the hosts
+    /// find each other with heartbeats and converge (WLBS membership).
     pub members: Option<Vec<u8>>,
+    /// Heartbeat period (NLB's AliveMsgPeriod), 100..=10000 ms.
+    #[serde(default = "default_period")]
+    pub heartbeat_period_ms: u32,
+    /// Missed periods before a host is failed (NLB's AliveMsgTolerance), 2..=100.
+    #[serde(default = "default_tolerance")]
+    pub heartbeat_tolerance: u32,
+    /// How long a host handing a bucket away keeps its connections at most (NLB's
+    /// ConnectionCleanupDelay).
+    #[serde(default = "default_cleanup_delay")]
+    pub connection_cleanup_delay_s: u32,
+}
+
+fn default_period() -> u32 {
+    1000
+}
+fn default_tolerance() -> u32 {
+    5
+}
+fn default_cleanup_delay() -> u32 {
+    300
 }
 
 fn default_mask() -> Ipv4Addr {
@@ -565,6 +586,27 @@ impl Config {
                     "must be a unicast address of this host, not a virtual IP".into(),
                 ));
             }
+        }
+        if !(100..=10_000).contains(&cluster.heartbeat_period_ms) {
+            return Err(invalid(
+                "[cluster] heartbeat_period_ms".into(),
+                cluster.heartbeat_period_ms.to_string(),
+                "must be between 100 and 10000".into(),
+            ));
+        }
+        if !(2..=100).contains(&cluster.heartbeat_tolerance) {
+            return Err(invalid(
+                "[cluster] heartbeat_tolerance".into(),
+                cluster.heartbeat_tolerance.to_string(),
+                "must be between 2 and 100".into(),
+            ));
+        }
+        if cluster.connection_cleanup_delay_s > 86_400 {
+            return Err(invalid(
+                "[cluster] connection_cleanup_delay_s".into(),
+                cluster.connection_cleanup_delay_s.to_string(),
+                "must be between 0 and 86400".into(),
+            ));
         }
         if let Some(members) = &cluster.members {
             let mut sorted = members.clone();

@@ -123,6 +123,9 @@ fn mac_to_u64(mac: &[u8]) -> u64 {
 /// heartbeat is tolerated by design).
 pub struct ControlChannel {
     pub ring: ArrayQueue<Mbuf>,
+    /// Frames the control thread sends through this worker's cluster TX queue, when the
+    /// driver has no spare TX queue for the control thread (net_pcap, net_af_packet).
+    pub tx: ArrayQueue<Mbuf>,
     /// Frames handed over.
     pub frames: AtomicU64,
     /// Frames dropped because the ring was full.
@@ -133,6 +136,7 @@ impl ControlChannel {
     pub fn new(capacity: usize) -> ControlChannel {
         ControlChannel {
             ring: ArrayQueue::new(capacity.max(1)),
+            tx: ArrayQueue::new(64),
             frames: AtomicU64::new(0),
             ring_full: AtomicU64::new(0),
         }
@@ -258,6 +262,20 @@ pub fn run(
                 &mut cycles_per_packet,
             ),
         };
+        if let Some(f) = filter.as_ref() {
+            // Control frames (heartbeats) to send through our cluster TX queue.
+            while !burst.is_full() {
+                match f.control.tx.pop() {
+                    Some(m) => {
+                        let _ = burst.push(m);
+                    }
+                    None => break,
+                }
+            }
+            if !burst.is_empty() {
+                send(&mut q.cluster_tx, &mut burst, &counters.outbound);
+            }
+        }
         let host_mac = filter.as_ref().map(|f| Arc::clone(&f.host_mac));
         let outbound = forward(
             &mut q.host_rx,
