@@ -63,12 +63,18 @@ pub struct ControlCounts {
     pub malformed: u64,
     /// Dropped by a worker because its ring to the control thread was full.
     pub ring_full: u64,
+    /// Heartbeats refused with a cluster key: missing or wrong tag, or replayed.
+    pub rejected: u64,
 }
 
 impl ControlCounts {
     /// Takes one frame from a worker; a wlbs heartbeat comes back for the membership core.
-    fn take(&mut self, frame: &[u8]) -> Option<Ping> {
-        match wire::decode(frame) {
+    fn take(
+        &mut self,
+        frame: &[u8],
+        auth: Option<(&wire::ClusterKey, &mut wire::ReplayGuard)>,
+    ) -> Option<Ping> {
+        match wire::decode(frame, auth) {
             Ok(d) => {
                 self.heartbeats += 1;
                 debug!(
@@ -84,6 +90,24 @@ impl ControlCounts {
             }
             Err(DecodeError::Identity) => {
                 self.identities += 1;
+                None
+            }
+            Err(e @ (DecodeError::Unauthenticated | DecodeError::Replayed)) => {
+                self.rejected += 1;
+                // Rate limited: the first one, then one line per 1,000.
+                if self.rejected % 1000 == 1 {
+                    let src = frame.get(6..12).map(|m| {
+                        m.iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    });
+                    warn!(
+                        "heartbeat from {} refused: {e} ({} refused so far)",
+                        src.unwrap_or_default(),
+                        self.rejected
+                    );
+                }
                 None
             }
             Err(DecodeError::Frame(heartbeat::Error::UnknownCode(_))) => {
@@ -133,8 +157,8 @@ impl fmt::Display for Summary {
         if let Some(c) = self.control {
             write!(
                 f,
-                "; control heartbeats {}, identity {}, unknown code {}, malformed {}, ring full {}",
-                c.heartbeats, c.identities, c.unknown_code, c.malformed, c.ring_full
+                "; control heartbeats {}, identity {}, unknown code {}, malformed {}, ring full {}, refused {}",
+                c.heartbeats, c.identities, c.unknown_code, c.malformed, c.ring_full, c.rejected
             )?;
         }
         write!(f, "; per worker")?;
@@ -219,7 +243,12 @@ impl ControlQueues {
 }
 
 /// Runs the appliance until `stop` is set (by Ctrl-C or SIGTERM), then stops everything.
-pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> Result<Summary> {
+pub fn run(
+    config: &Config,
+    key: Option<wire::ClusterKey>,
+    user_eal_args: &[String],
+    stop: Arc<AtomicBool>,
+) -> Result<Summary> {
     let dp = &config.dataplane;
     check_hugepages(user_eal_args)?;
     let args = eal_args(user_eal_args, dp.workers);
@@ -485,6 +514,11 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
     });
     let rule_codes = view.as_ref().map(|v| v.rule_codes()).unwrap_or_default();
     let mut cluster_tx = control.cluster_tx;
+    let mut replay = wire::ReplayGuard::default();
+    // Sequence numbers start from the wall clock, so they keep growing across restarts.
+    let mut sequence = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64 * 1000);
     while !stop.load(Ordering::Relaxed) {
         let tick = match &membership {
             Some(m) => Duration::from_millis(m.poll_timeout().saturating_sub(now_ms()).clamp(1, 5)),
@@ -494,8 +528,9 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
         let now = now_ms();
         for ch in &control_channels {
             while let Some(frame) = ch.ring.pop() {
+                let auth = key.as_ref().map(|k| (k, &mut replay));
                 if let (Some(ping), Some(m)) =
-                    (control_counts.take(frame.data()), membership.as_mut())
+                    (control_counts.take(frame.data(), auth), membership.as_mut())
                 {
                     m.handle_ping(now, &ping);
                 }
@@ -526,6 +561,10 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
                 &rule_codes,
                 heartbeat_source.unwrap_or(EthernetAddress::BROADCAST),
                 EthernetAddress::BROADCAST,
+                key.as_ref().map(|k| {
+                    sequence += 1;
+                    (k, sequence)
+                }),
             );
             send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
         }
@@ -586,7 +625,7 @@ pub fn run(config: &Config, user_eal_args: &[String], stop: Arc<AtomicBool>) -> 
         );
         for ch in &control_channels {
             while let Some(m) = ch.ring.pop() {
-                control_counts.take(m.data());
+                control_counts.take(m.data(), key.as_ref().map(|k| (k, &mut replay)));
             }
             control_counts.ring_full += ch.ring_full.load(Ordering::Relaxed);
         }

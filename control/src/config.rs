@@ -54,6 +54,9 @@ pub struct Cluster {
     /// ConnectionCleanupDelay).
     #[serde(default = "default_cleanup_delay")]
     pub connection_cleanup_delay_s: u32,
+    /// File with the cluster key (at least 16 bytes): heartbeats are signed with
+    /// HMAC-SHA256 and unsigned or replayed ones refused. Unset: unauthenticated, as NLB.
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_period() -> u32 {
@@ -719,6 +722,31 @@ impl Config {
         }
     }
 
+    /// The cluster key from `[cluster] key_file`, if set.
+    pub fn cluster_key(
+        &self,
+        path: &Path,
+    ) -> Result<Option<crate::membership::wire::ClusterKey>, ConfigError> {
+        let Some(file) = self.cluster.as_ref().and_then(|c| c.key_file.as_ref()) else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(file).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: "[cluster] key_file".into(),
+            value: format!("{:?}", file.display().to_string()),
+            allowed: format!("cannot read it: {e}"),
+        })?;
+        crate::membership::wire::ClusterKey::new(bytes)
+            .map(Some)
+            .ok_or_else(|| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "[cluster] key_file".into(),
+                value: format!("{:?}", file.display().to_string()),
+                allowed: "the key must be at least 16 bytes (e.g. head -c 32 /dev/urandom > FILE)"
+                    .into(),
+            })
+    }
+
     /// What the data plane's filter needs, or `None` in pass-through mode.
     pub fn filter_spec(&self) -> Option<FilterSpec> {
         let cluster = self.cluster.as_ref()?;
@@ -1013,5 +1041,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unicast MAC"), "{e}");
+    }
+
+    #[test]
+    fn key_file_must_exist_and_be_long_enough() {
+        let dir = std::env::temp_dir().join(format!("wlbs-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short.key");
+        std::fs::write(&short, b"too short").unwrap();
+        let good = dir.join("good.key");
+        std::fs::write(&good, [7u8; 32]).unwrap();
+        let with_key = |f: &std::path::Path| {
+            parse(&format!(
+                "{BASE}[cluster]\nip = \"192.0.2.10\"\nkey_file = \"{}\"\n[host]\npriority = 1\n",
+                f.display()
+            ))
+            .unwrap()
+        };
+        let e = with_key(&dir.join("missing.key"))
+            .cluster_key(Path::new("test.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[cluster] key_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = with_key(&short)
+            .cluster_key(Path::new("test.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16 bytes"), "{e}");
+        assert!(with_key(&good)
+            .cluster_key(Path::new("test.toml"))
+            .unwrap()
+            .is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

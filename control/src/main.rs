@@ -119,6 +119,7 @@ fn filter(
 
 fn run(config_path: &std::path::Path, eal: &[String]) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    let key = config.cluster_key(config_path)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {
@@ -128,7 +129,7 @@ fn run(config_path: &std::path::Path, eal: &[String]) -> anyhow::Result<()> {
         }
     })
     .context("installing the Ctrl-C/SIGTERM handler")?;
-    let summary = appliance::run(&config, eal, stop)?;
+    let summary = appliance::run(&config, key, eal, stop)?;
     eprintln!("{summary}");
     Ok(())
 }

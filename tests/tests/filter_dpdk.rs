@@ -241,3 +241,107 @@ fn heartbeats_go_to_the_control_thread_and_never_to_the_host() {
     assert_eq!(out.len(), 1, "only the ordinary frame reaches the host");
     assert_eq!(out[0].data, frames[7]);
 }
+
+#[test]
+fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
+    use std::net::Ipv4Addr;
+    use wlbs_control::membership::wire::{self, ClusterKey};
+    use wlbs_control::membership::{HostState, Ping, RuleMaps};
+    use wlbs_dataplane::wire::EthernetAddress;
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let key_bytes = b"lab cluster key, 32 bytes long!!".to_vec();
+    std::fs::write(p("cluster.key"), &key_bytes).unwrap();
+    let key = ClusterKey::new(key_bytes).unwrap();
+    let forger = ClusterKey::new(b"not the cluster key at all......".to_vec()).unwrap();
+    let ping = Ping {
+        priority: 2,
+        host_code: 99,
+        dedicated_ip: Ipv4Addr::new(192, 0, 2, 12),
+        config: 1,
+        view: 0b10,
+        heard: 0b10,
+        input: 0,
+        target: 0,
+        state: HostState::Converging,
+        default_host: None,
+        draining: false,
+        load_weights: vec![50, 50],
+        handling_priorities: vec![0, 0],
+        rules: vec![RuleMaps::default(); 2],
+    };
+    let frame = |auth: Option<(&ClusterKey, u64)>| {
+        wire::encode(
+            &ping,
+            Ipv4Addr::new(192, 0, 2, 10),
+            &[1, 2],
+            EthernetAddress([0x02, 2, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+            auth,
+        )
+    };
+    let good = frame(Some((&key, 100)));
+    let frames = [
+        good.clone(),
+        good,                        // replayed
+        frame(None),                 // unsigned
+        frame(Some((&forger, 101))), // forged
+        frame(Some((&key, 102))),    // good again
+    ];
+    let records: Vec<Record> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
+        .collect();
+    pcap::write_all(std::fs::File::create(p("in.pcap")).unwrap(), &records).unwrap();
+    pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
+    let eal = vec![
+        "--vdev".to_string(),
+        format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}",
+            p("in.pcap").display(),
+            p("cluster-out.pcap").display()
+        ),
+        "--vdev".to_string(),
+        format!(
+            "net_pcap1,rx_pcap={},tx_pcap={}",
+            p("empty.pcap").display(),
+            p("host-out.pcap").display()
+        ),
+    ];
+    let config = format!(
+        "[dataplane]\ncluster_port = \"net_pcap0\"\nhost_port = \"net_pcap1\"\n\
+         [cluster]\nip = \"192.0.2.10\"\nkey_file = \"{}\"\n[host]\npriority = 1\n",
+        p("cluster.key").display()
+    );
+    let mut app = Appliance::start("auth", &config, &eal);
+    assert!(
+        app.wait_for("forwarding:", Duration::from_secs(30)),
+        "{}",
+        app.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let summary = exit.summary().unwrap();
+    assert!(summary.contains("control heartbeats 2,"), "{summary}");
+    assert!(summary.contains("refused 3"), "{summary}");
+    assert!(
+        exit.stderr.contains("refused: replayed heartbeat"),
+        "{}",
+        exit.stderr
+    );
+    // Our own heartbeats go out signed: the cluster port's output verifies with the key.
+    let out = pcap::read_all(std::fs::File::open(p("cluster-out.pcap")).unwrap()).unwrap();
+    let mut guard = wire::ReplayGuard::default();
+    let ours: Vec<_> = out
+        .iter()
+        .filter(|r| r.data.get(12..14) == Some(&[0x88, 0x6f][..]))
+        .collect();
+    assert!(!ours.is_empty(), "the appliance sent no heartbeat");
+    for r in ours {
+        let d = wire::decode(&r.data, Some((&key, &mut guard))).expect("our heartbeat verifies");
+        assert_eq!(d.ping.priority, 1);
+    }
+}

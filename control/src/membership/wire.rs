@@ -17,17 +17,84 @@
 //!   20..24  target digest      0: none yet
 //!   24..28  config fingerprint
 //!   28..61  handling priority per rule (33 bytes)
-//!   64..132 reserved for the authentication tag
+//!   64..72  sequence number (u64, little-endian; with a cluster key)
+//!   72..104 HMAC-SHA256 tag (with a cluster key) over the 1496-byte payload, tag zeroed
+//!   104..132 reserved
 //! ```
+//!
+//! With `[cluster] key_file` every heartbeat is signed; one with a missing or wrong tag, or
+//! a sequence number not above the last one seen from that host instance, is refused.
+//! Without a key heartbeats are not authenticated, as in NLB.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use wlbs_dataplane::wire::EthernetAddress;
 
 use super::{HostState, Ping, RuleMaps};
 use crate::heartbeat::{self, HeartbeatRepr, Packet, RuleState, MAX_RULE_SLOTS};
 
 const MAGIC: &[u8; 4] = b"WLBS";
+const SEQUENCE: std::ops::Range<usize> = 64..72;
+const TAG: std::ops::Range<usize> = 72..104;
+/// Offset of the reserved tail in the 1496-byte payload.
+const TAIL: usize = 1364;
+
+/// The cluster key heartbeats are signed with (`[cluster] key_file`).
+#[derive(Clone)]
+pub struct ClusterKey(Vec<u8>);
+
+impl ClusterKey {
+    /// At least 16 bytes of key material.
+    pub fn new(bytes: Vec<u8>) -> Option<ClusterKey> {
+        (bytes.len() >= 16).then_some(ClusterKey(bytes))
+    }
+
+    fn tag(&self, payload: &[u8]) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(&payload[..TAIL + TAG.start]);
+        mac.update(&[0u8; 32]);
+        mac.update(&payload[TAIL + TAG.end..]);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn verify(&self, payload: &[u8]) -> bool {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(&payload[..TAIL + TAG.start]);
+        mac.update(&[0u8; 32]);
+        mac.update(&payload[TAIL + TAG.end..]);
+        mac.verify_slice(&payload[TAIL + TAG.start..TAIL + TAG.end])
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterKey({} bytes)", self.0.len())
+    }
+}
+
+/// Refuses replayed heartbeats: per host instance (priority and unique host code), the
+/// sequence number must grow.
+#[derive(Default)]
+pub struct ReplayGuard {
+    last: HashMap<(u8, u32), u64>,
+}
+
+impl ReplayGuard {
+    /// True if `sequence` is new for this sender (and remembers it).
+    pub fn accept(&mut self, priority: u8, host_code: u32, sequence: u64) -> bool {
+        let last = self.last.entry((priority, host_code)).or_insert(0);
+        if sequence > *last {
+            *last = sequence;
+            true
+        } else {
+            false
+        }
+    }
+}
 const EXTENSION_VERSION: u8 = 1;
 /// NLB's heartbeat version field as captures show it (2.6).
 const NLB_VERSION: u32 = 0x0206;
@@ -41,6 +108,7 @@ pub fn encode(
     rule_codes: &[u32],
     src: EthernetAddress,
     dst: EthernetAddress,
+    auth: Option<(&ClusterKey, u64)>,
 ) -> Vec<u8> {
     let rules = ping
         .rules
@@ -90,6 +158,11 @@ pub fn encode(
     {
         tail[28 + i] = *h;
     }
+    if let Some((key, sequence)) = auth {
+        tail[SEQUENCE].copy_from_slice(&sequence.to_le_bytes());
+        let tag = key.tag(&frame[14..]);
+        frame[14 + TAIL + TAG.start..14 + TAIL + TAG.end].copy_from_slice(&tag);
+    }
     frame
 }
 
@@ -114,10 +187,20 @@ pub enum DecodeError {
     NotWlbs,
     #[error("unknown convergence state {0}")]
     BadState(u16),
+    /// With a cluster key: the tag is missing or wrong.
+    #[error("authentication failed (missing or wrong HMAC tag)")]
+    Unauthenticated,
+    /// With a cluster key: a sequence number already seen from that host.
+    #[error("replayed heartbeat (sequence number not above the last one)")]
+    Replayed,
 }
 
-/// Reads a heartbeat frame (as the workers hand it over).
-pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
+/// Reads a heartbeat frame (as the workers hand it over). With `auth`, the frame must carry a
+/// valid tag and a fresh sequence number.
+pub fn decode(
+    frame: &[u8],
+    auth: Option<(&ClusterKey, &mut ReplayGuard)>,
+) -> Result<Decoded, DecodeError> {
     let parsed = heartbeat::parse_frame(frame)?;
     let repr = match parsed.message {
         heartbeat::Message::Heartbeat(h) => h,
@@ -128,6 +211,20 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let tail = packet.auth_area();
     if &tail[0..4] != MAGIC || tail[4] != EXTENSION_VERSION {
         return Err(DecodeError::NotWlbs);
+    }
+    if let Some((key, guard)) = auth {
+        if !key.verify(&frame[14..]) {
+            return Err(DecodeError::Unauthenticated);
+        }
+        let mut sequence = [0u8; 8];
+        sequence.copy_from_slice(&tail[SEQUENCE]);
+        if !guard.accept(
+            repr.host_priority,
+            repr.unique_host_code,
+            u64::from_le_bytes(sequence),
+        ) {
+            return Err(DecodeError::Replayed);
+        }
     }
     let u32_at = |i: usize| u32::from_le_bytes([tail[i], tail[i + 1], tail[i + 2], tail[i + 3]]);
     let state = HostState::from_wire(repr.convergence_state)
@@ -209,9 +306,10 @@ mod tests {
             &[0xaa, 0xbb],
             EthernetAddress([0x02, 3, 192, 0, 2, 10]),
             EthernetAddress::BROADCAST,
+            None,
         );
         assert_eq!(frame.len(), 1510);
-        let d = decode(&frame).unwrap();
+        let d = decode(&frame, None).unwrap();
         assert_eq!(d.ping, ping());
         assert_eq!(d.cluster_ip, Ipv4Addr::new(192, 0, 2, 10));
         assert_eq!(d.rule_codes, vec![0xaa, 0xbb]);
@@ -225,9 +323,65 @@ mod tests {
             &[],
             EthernetAddress([0x02, 3, 192, 0, 2, 10]),
             EthernetAddress::BROADCAST,
+            None,
         );
         frame[14 + 1364] = 0;
-        assert_eq!(decode(&frame), Err(DecodeError::NotWlbs));
-        assert!(decode(&frame[..100]).is_err());
+        assert_eq!(decode(&frame, None).unwrap_err(), DecodeError::NotWlbs);
+        assert!(decode(&frame[..100], None).is_err());
+    }
+
+    fn signed(key: &ClusterKey, sequence: u64) -> Vec<u8> {
+        encode(
+            &ping(),
+            Ipv4Addr::new(192, 0, 2, 10),
+            &[1, 2],
+            EthernetAddress([0x02, 3, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+            Some((key, sequence)),
+        )
+    }
+
+    #[test]
+    fn signed_heartbeats_are_checked_and_replays_refused() {
+        let key = ClusterKey::new(b"0123456789abcdef-cluster".to_vec()).unwrap();
+        let other = ClusterKey::new(b"another key, 16+ bytes".to_vec()).unwrap();
+        let mut guard = ReplayGuard::default();
+        let first = signed(&key, 10);
+        assert_eq!(
+            decode(&first, Some((&key, &mut guard))).unwrap().ping,
+            ping()
+        );
+        // The same frame again: a replay.
+        assert_eq!(
+            decode(&first, Some((&key, &mut guard))).unwrap_err(),
+            DecodeError::Replayed
+        );
+        assert!(decode(&signed(&key, 11), Some((&key, &mut guard))).is_ok());
+        // Another key, a flipped bit, or no tag at all: refused.
+        assert_eq!(
+            decode(&signed(&other, 12), Some((&key, &mut guard))).unwrap_err(),
+            DecodeError::Unauthenticated
+        );
+        let mut flipped = signed(&key, 13);
+        flipped[14 + 100] ^= 1;
+        assert_eq!(
+            decode(&flipped, Some((&key, &mut guard))).unwrap_err(),
+            DecodeError::Unauthenticated
+        );
+        let unsigned = encode(
+            &ping(),
+            Ipv4Addr::new(192, 0, 2, 10),
+            &[1, 2],
+            EthernetAddress([0x02, 3, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+            None,
+        );
+        assert_eq!(
+            decode(&unsigned, Some((&key, &mut guard))).unwrap_err(),
+            DecodeError::Unauthenticated
+        );
+        // Without a key configured, a signed heartbeat is still read (NLB behaviour).
+        assert!(decode(&signed(&key, 14), None).is_ok());
+        assert!(ClusterKey::new(b"short".to_vec()).is_none());
     }
 }
