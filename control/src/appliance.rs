@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use dpdk::{Burst, Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
+use hdrhistogram::Histogram;
 use tracing::{debug, info, warn};
 use wlbs_dataplane::conn::{ConnectionCounts, Timeouts};
 use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
@@ -26,6 +27,8 @@ use crate::membership::{Event, HostState, Membership, Ping};
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
 const CONTROL_TICK: Duration = Duration::from_millis(20);
+/// NLB's IdentityHeartbeatPeriod: host name and dedicated IP, for `query`.
+const IDENTITY_PERIOD_MS: u64 = 10_000;
 /// Frames each worker can queue for the control thread between two of its ticks.
 const CONTROL_RING: usize = 1024;
 /// Per-lcore mempool cache, as in DPDK's examples.
@@ -51,6 +54,8 @@ pub struct Summary {
     pub descriptors: Option<(u64, u64)>,
     /// Frames the control thread got from the workers (cluster members only).
     pub control: Option<ControlCounts>,
+    /// Heartbeats sent, and their send delay against schedule (p99 and max, ms).
+    pub heartbeats_sent: Option<(u64, u64, u64)>,
 }
 
 /// What the control thread made of the frames the workers handed it.
@@ -90,6 +95,19 @@ impl ControlCounts {
             }
             Err(DecodeError::Identity) => {
                 self.identities += 1;
+                if let Ok(heartbeat::Frame {
+                    message: heartbeat::Message::Identity(id),
+                    ..
+                }) = heartbeat::parse_frame(frame)
+                {
+                    debug!(
+                        "identity: host {} is {:?} ({})",
+                        id.host_priority,
+                        id.host_name,
+                        id.dedicated_ip
+                            .map_or("no dedicated IP".into(), |a| a.to_string())
+                    );
+                }
                 None
             }
             Err(e @ (DecodeError::Unauthenticated | DecodeError::Replayed)) => {
@@ -159,6 +177,12 @@ impl fmt::Display for Summary {
                 f,
                 "; control heartbeats {}, identity {}, unknown code {}, malformed {}, ring full {}, refused {}",
                 c.heartbeats, c.identities, c.unknown_code, c.malformed, c.ring_full, c.rejected
+            )?;
+        }
+        if let Some((sent, p99, max)) = self.heartbeats_sent {
+            write!(
+                f,
+                "; heartbeats sent {sent} (late p99 {p99} ms, max {max} ms)"
             )?;
         }
         write!(f, "; per worker")?;
@@ -514,6 +538,18 @@ pub fn run(
     });
     let rule_codes = view.as_ref().map(|v| v.rule_codes()).unwrap_or_default();
     let mut cluster_tx = control.cluster_tx;
+    // Heartbeat send delay against schedule, in ms (1 ms resolution: the control loop's).
+    let mut send_jitter =
+        Histogram::<u64>::new_with_bounds(1, 60_000, 2).expect("static histogram bounds");
+    let mut identity_due_ms = 0u64;
+    let host_name: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| {
+            h.trim()
+                .chars()
+                .take(heartbeat::MAX_HOST_NAME_LEN)
+                .collect()
+        })
+        .unwrap_or_default();
     let mut replay = wire::ReplayGuard::default();
     // Sequence numbers start from the wall clock, so they keep growing across restarts.
     let mut sequence = std::time::SystemTime::now()
@@ -554,7 +590,10 @@ pub fn run(
             .collect();
         m.set_idle(&idle);
         m.handle_timeout(now);
+        let due = m.poll_timeout();
         while let Some(ping) = m.poll_transmit(now) {
+            // How late this heartbeat leaves, against its schedule.
+            send_jitter.saturating_record(now.saturating_sub(due) + 1);
             let frame = wire::encode(
                 &ping,
                 view.spec.cluster_ip,
@@ -567,6 +606,26 @@ pub fn run(
                 }),
             );
             send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
+        }
+        if now >= identity_due_ms {
+            identity_due_ms = now + IDENTITY_PERIOD_MS;
+            let identity = heartbeat::IdentityRepr {
+                version: 0x0206,
+                host_priority: view.priority,
+                cluster_ip: view.spec.cluster_ip,
+                dedicated_ip: match config.host.as_ref().and_then(|h| h.dedicated_ip) {
+                    Some(std::net::IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                },
+                host_name: host_name.clone(),
+            };
+            if let Ok(frame) = heartbeat::emit_identity_frame(
+                &identity,
+                heartbeat_source.unwrap_or(EthernetAddress::BROADCAST),
+                EthernetAddress::BROADCAST,
+            ) {
+                send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
+            }
         }
         while let Some(event) = m.poll_event() {
             log_event(&event);
@@ -630,6 +689,13 @@ pub fn run(
             control_counts.ring_full += ch.ring_full.load(Ordering::Relaxed);
         }
         summary.control = Some(control_counts);
+        if membership.is_some() {
+            summary.heartbeats_sent = Some((
+                send_jitter.len(),
+                send_jitter.value_at_quantile(0.99).saturating_sub(1),
+                send_jitter.max().saturating_sub(1),
+            ));
+        }
     }
     summary.cluster = cluster.stats().unwrap_or_default();
     summary.host = host.stats().unwrap_or_default();
