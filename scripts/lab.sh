@@ -25,6 +25,11 @@
 #                          servers' counts of served requests differ from what the client saw
 #                          answered, a host got nothing, the bridge learned the cluster MAC,
 #                          or an appliance failed to start, crashed or did not stop cleanly.
+#                          Heartbeat membership (2+ hosts) adds a failover phase: the time
+#                          each host took to converge, then kill -9 of the last host under a
+#                          client load (fails unless the survivors converge without it within
+#                          tolerance + 3 periods and every request started after that bound
+#                          is answered), then that host restarted until all converge again.
 #   scripts/lab.sh up      build and set the lab up, then leave it running (prints how to use it)
 #   scripts/lab.sh down    remove everything a previous run/up left (idempotent)
 #
@@ -59,6 +64,14 @@ READY_TIMEOUT=30                         # seconds for all appliances + servers 
 STOP_TIMEOUT=5                           # seconds an appliance gets to stop after SIGINT
 MAX_HOSTS=20                             # 256 MiB and a share of 2 CPUs per appliance
 MAX_PARALLEL=16
+HB_PERIOD_MS=100                         # heartbeats membership: period and tolerance
+HB_TOLERANCE=5                           # (periods without a heartbeat before "failed")
+FO_INTERVAL=0.05                         # failover phase: a new request every ~50 ms,
+FO_MAX_TIME=0.5                          # each bounded by 0.5 s, the client by 10 s;
+FO_CLIENT_LIMIT=10                       # the kill 1 s after the client starts, the
+FO_BEFORE_KILL=1                         # client stopped 3 s after it
+FO_AFTER_KILL=3
+FO_REJOIN_TIMEOUT=10                     # seconds for the restarted host to converge again
 
 readonly NS_PREFIX=wlbs-lab
 readonly NS_SW=wlbs-lab-sw NS_CLIENT=wlbs-lab-c
@@ -94,12 +107,18 @@ LOGDIR=""
 KEEP_LAB=0          # `up`: leave the lab running at exit
 FOUND_LOGDIR=""     # `down`: where the stopped appliances logged
 FAILED=0            # something went wrong that does not abort at once (reported at exit)
-declare -a APP_PID=() SRV_PID=() CLIENT_PID=()
-declare -A ANSWERED=() SERVED=() BUCKETS=() FAILURES=() SUMMARY=()
+declare -a APP_PID=() APP_T0=() SRV_PID=() CLIENT_PID=()
+declare -A ANSWERED=() SERVED=() BUCKETS=() FAILURES=() SUMMARY=() DEAD=()
 TOTAL=0 OK=0        # requests with a result so far, and those answered with "host N"
 SOURCES=0           # distinct source address:port pairs of the answered requests
 WORKLOAD_STATE=none # none | running | finished
 WORKLOAD_MS=0
+KILLED=""           # failover phase: the host killed on purpose, while it is down
+RESTARTED=""        # ... and once it runs again (its counters start at its restart)
+FO_PID=""           # the failover phase's client loop
+declare -a TIMING=() # the failover phase's summary lines
+PASS_EXTRA=""
+FO_KILL_SUMMARY=""
 
 say() { printf 'lab: %s\n' "$*"; }
 warn() { printf 'lab: %s\n' "$*" >&2; }
@@ -255,7 +274,7 @@ kill_rest() {
     if is_running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   # Reap our own children quietly.
-  for pid in "${SRV_PID[@]}" "${CLIENT_PID[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${SRV_PID[@]}" "${CLIENT_PID[@]}" $FO_PID; do wait "$pid" 2>/dev/null || true; done
 }
 
 teardown() {
@@ -298,12 +317,13 @@ on_exit() {
     say "interrupted during the workload: $OK of $TOTAL requests answered so far" \
       "($REQUESTS planned)"
   fi
+  if [ -n "$FO_PID" ] && is_running "$FO_PID"; then kill -TERM "$FO_PID" 2>/dev/null || true; fi
   say "tearing down"
   teardown
   [ $rc = 0 ] && [ $FAILED = 1 ] && rc=1
   if [ $rc = 0 ]; then
     [ -n "$LOGDIR" ] && rm -rf "$LOGDIR"
-    say "PASS: $OK/$REQUESTS requests to the cluster IP answered, each served by exactly one host"
+    say "PASS: $OK/$REQUESTS requests to the cluster IP answered, each served by exactly one host$PASS_EXTRA"
   else
     [ -n "$LOGDIR" ] && say "logs kept in $LOGDIR"
     say "FAIL (exit $rc)"
@@ -416,8 +436,8 @@ lcores() {
 membership_config() { # the [cluster] lines that choose how hosts know each other
   case "$MEMBERSHIP" in
     static) echo "members = [$(members)]  # static membership: every host of the lab is live" ;;
-    *) echo "heartbeat_period_ms = 100  # WLBS membership: heartbeats every 100 ms"
-       echo "heartbeat_tolerance = 5" ;;
+    *) echo "heartbeat_period_ms = $HB_PERIOD_MS  # WLBS membership: heartbeats every $HB_PERIOD_MS ms"
+       echo "heartbeat_tolerance = $HB_TOLERANCE" ;;
   esac
 }
 
@@ -457,6 +477,7 @@ ports = "80"
 protocol = "tcp"
 affinity = "none"  # client address + port: each connection on its own
 EOF
+  APP_T0[i]=$(now_ms)
   spawn "$(ns_app "$i")" "$log" "$(wlbs_bin)" run --config "$cfg" -- "${eal[@]}"
   APP_PID[i]=$!
 }
@@ -480,12 +501,15 @@ probe() { # probe ADDR
 check_alive() {
   local i rc dead=0
   for ((i = 1; i <= HOSTS; i++)); do
-    if ! is_running "${APP_PID[i]}"; then
+    # (The host killed on purpose in the failover phase is down until its restart.)
+    if [ "$i" != "$KILLED" ] && ! is_running "${APP_PID[i]}"; then
+      dead=1
+      [ -z "${DEAD[$i]:-}" ] || continue # reported already
+      DEAD[$i]=1
       rc=0
       wait "${APP_PID[i]}" 2>/dev/null || rc=$?
       warn "appliance h$i exited with status $rc"
       log_tail "$LOGDIR/h$i.log"
-      dead=1
     elif ! is_running "${SRV_PID[i]}"; then
       warn "server s$i exited"
       log_tail "$LOGDIR/s$i.log"
@@ -782,13 +806,303 @@ check_filter_counts() {
     fi
   done
   seen=$(printf '%s\n' "${each[@]}" | awk '{print $2}' | sort -u | tr '\n' ' ')
-  if [ "$seen" = "$acc " ]; then
+  if [ -n "$RESTARTED" ]; then
+    # The restarted host counts from its restart, and what the killed one had is lost: only
+    # the hosts that ran throughout must agree.
+    seen=$(printf '%s\n' "${each[@]}" | grep -v "^h$RESTARTED " | awk '{print $2}' | sort -u)
+    if [ "$(wc -l <<<"$seen")" = 1 ]; then
+      say "filter: the hosts that ran throughout each judged the same $seen frames to the" \
+        "cluster IP (h$RESTARTED counts from its restart)"
+    else
+      warn "filter: frames to the cluster IP judged per host (accepted + not ours): ${each[*]};" \
+        "the hosts that ran throughout should agree (h$RESTARTED counts from its restart)"
+    fi
+  elif [ "$seen" = "$acc " ]; then
     say "filter: every host judged the same $acc frames to the cluster IP; together they" \
       "accepted $acc, each frame exactly once"
   else
     warn "filter: frames to the cluster IP judged per host (accepted + not ours): ${each[*]};" \
       "accepted by all hosts together: $acc (should all be equal)"
   fi
+}
+
+# ----------------------------------------------------------------------------------------
+# The failover phase (heartbeats membership, 2+ hosts): convergence at start, kill -9 of the
+# last host under load, its restart. Times come from the appliances' log lines (RFC 3339 UTC
+# timestamps, the same clock as ours).
+# ----------------------------------------------------------------------------------------
+
+# "MS<TAB>LINE" for every timestamped line of LOG matching the ERE, MS its epoch milliseconds.
+log_events() { # log_events LOG ERE
+  local lines
+  [ -f "$1" ] || return 0
+  lines=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -aE "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[^ ]+ .*$2" || true)
+  [ -n "$lines" ] || return 0
+  paste <(cut -d' ' -f1 <<<"$lines" | date -u -f - +%s%3N) - <<<"$lines"
+}
+
+# The first line of LOG matching the ERE logged at or after AFTER_MS: "MS<TAB>LINE".
+first_event() { # first_event LOG ERE AFTER_MS
+  local ms line
+  while IFS=$'\t' read -r ms line; do
+    if [ "$ms" -ge "$3" ]; then
+      printf '%s\t%s\n' "$ms" "$line"
+      return 0
+    fi
+  done < <(log_events "$1" "$2")
+  return 1
+}
+
+periods() { # periods MS: in heartbeat periods, one decimal
+  local p=$((($1 * 10 + HB_PERIOD_MS / 2) / HB_PERIOD_MS))
+  printf '%d.%d' $((p / 10)) $((p % 10))
+}
+
+host_set() { # host_set [EXCEPT]: "{1,2,3}" as the appliances log it, without host EXCEPT
+  local i out=""
+  for ((i = 1; i <= HOSTS; i++)); do
+    [ "$i" = "${1:-}" ] || out+="${out:+,}$i"
+  done
+  echo "{$out}"
+}
+
+# Each host's time from its start (spawn) to its first "converged with hosts" line (and, in the
+# detail line, from its "starting, converging with heartbeats" line: without EAL's start-up).
+report_start_convergence() {
+  local i ev ms set all st parts="" detail=""
+  all=$(host_set)
+  for ((i = 1; i <= HOSTS; i++)); do
+    if ! ev=$(first_event "$LOGDIR/h$i.log" 'converged with hosts \{' 0); then
+      warn "FAIL: h$i never logged 'converged with hosts'"
+      FAILED=1
+      parts+="${parts:+, }h$i never"
+      continue
+    fi
+    ms=$((${ev%%$'\t'*} - APP_T0[i]))
+    set=$(grep -oE '\{[0-9,]*\}' <<<"$ev" | head -n 1)
+    parts+="${parts:+, }h$i $ms ms"
+    [ "$set" = "$all" ] || parts+=" (with $set)"
+    if st=$(first_event "$LOGDIR/h$i.log" 'starting, converging with heartbeats' 0); then
+      detail+="${detail:+, }h$i $((${ev%%$'\t'*} - ${st%%$'\t'*})) ms"
+    fi
+  done
+  TIMING+=("convergence at start: $parts")
+  say "failover: first 'converged with hosts' of each host after its spawn: $parts;" \
+    "after its 'starting' line: ${detail:-unknown}"
+}
+
+# Runs inside the client namespace (bash -c): a new request to URL every INTERVAL seconds from
+# rotating client addresses, each in the background and bounded by MAX_TIME, until STOPFILE
+# exists or DEADLINE (epoch ms). One line per request, appended to OUT: k, start (epoch ms),
+# source address, curl status, the answer or curl's error.
+failover_client() { # failover_client URL NET BASE ADDRS INTERVAL MAX_TIME STOPFILE DEADLINE OUT
+  local url=$1 net=$2 base=$3 addrs=$4 interval=$5 max=$6 stopf=$7 deadline=$8 out=$9
+  local k=0 t src
+  while [ ! -e "$stopf" ]; do
+    t=${EPOCHREALTIME/[.,]/}
+    t=$((t / 1000))
+    ((t < deadline)) || break
+    src=$net.$((base + (k * 7) % addrs))
+    (
+      rc=0
+      ans=$(curl -sS --fail --max-time "$max" --interface "$src" "$url" 2>&1) || rc=$?
+      printf '%d\t%d\t%s\t%s\t%s\n' "$k" "$t" "$src" "$rc" "${ans//$'\n'/ }" >>"$out"
+    ) &
+    k=$((k + 1))
+    sleep "$interval"
+  done
+  wait
+}
+
+# kill -9 the last host under load; check the survivors converge without it in time and that
+# the cluster IP answers every request started after that bound.
+failover_kill() {
+  local n=$HOSTS i pid t0 kill_t kill_ms stop_ms guard ev fail_ms conv_ms set
+  local bound=$(((HB_TOLERANCE + 3) * HB_PERIOD_MS)) survivors detect=0 conv=0 bad=0
+  local out="$LOGDIR/failover.out" stopf="$LOGDIR/failover.stop"
+  survivors=$(host_set "$n")
+  pid=${APP_PID[n]}
+  rm -f "$out" "$stopf"
+  : >"$out"
+  t0=$(now_ms)
+  ip netns exec "$NS_CLIENT" bash -c "$(declare -f failover_client); failover_client \"\$@\"" \
+    failover_client "http://$CLUSTER_IP/" "$NET" "$CLIENT_BASE" "$CLIENT_ADDRS" "$FO_INTERVAL" \
+    "$FO_MAX_TIME" "$stopf" "$((t0 + FO_CLIENT_LIMIT * 1000))" "$out" \
+    </dev/null >"$LOGDIR/failover.log" 2>&1 9>&- &
+  FO_PID=$!
+  sleep "$FO_BEFORE_KILL"
+  is_running "$pid" || die "FAIL: h$n (pid $pid) is not running before the kill"
+  KILLED=$n
+  kill_t=$(date +%s.%N)
+  kill -KILL "$pid"
+  kill_ms=$((10#${kill_t%.*} * 1000 + 10#${kill_t#*.} / 1000000))
+  wait "$pid" 2>/dev/null || true # reap it: its status 137 is what we asked for
+  say "failover: kill -9 h$n (pid $pid) at $kill_t, $(fmt_ms $((kill_ms - t0))) into the client load"
+
+  # Keep the client running until FO_AFTER_KILL seconds after the kill; its curls end by
+  # FO_MAX_TIME after that.
+  stop_ms=$((kill_ms + FO_AFTER_KILL * 1000))
+  while [ "$(now_ms)" -lt $stop_ms ]; do
+    check_alive || FAILED=1 # a survivor died: a failure, but see what the others did
+    sleep 0.1
+  done
+  : >"$stopf"
+  guard=$(($(now_ms) + 3000))
+  while is_running "$FO_PID" && [ "$(now_ms)" -lt $guard ]; do sleep 0.05; done
+  if is_running "$FO_PID"; then
+    warn "FAIL: the failover client still runs 3 s after it was told to stop; stopping it"
+    kill -TERM "$FO_PID" 2>/dev/null || true
+    FAILED=1
+  fi
+  wait "$FO_PID" 2>/dev/null || true
+  FO_PID=""
+
+  # What the survivors logged, relative to the kill (the latest survivor counts).
+  for ((i = 1; i < n; i++)); do
+    local log="$LOGDIR/h$i.log" d="" c=""
+    if ev=$(first_event "$log" "host $n failed" "$kill_ms"); then
+      fail_ms=$((${ev%%$'\t'*} - kill_ms))
+      d="failed after $fail_ms ms"
+      ((fail_ms > detect)) && detect=$fail_ms
+      if ev=$(first_event "$log" 'converged with hosts \{' "${ev%%$'\t'*}"); then
+        conv_ms=$((${ev%%$'\t'*} - kill_ms))
+        set=$(grep -oE '\{[0-9,]*\}' <<<"$ev" | head -n 1)
+        c=", converged with hosts $set after $conv_ms ms"
+        ((conv_ms > conv)) && conv=$conv_ms
+        if [ "$set" != "$survivors" ]; then
+          warn "FAIL: h$i converged with hosts $set after the kill of h$n, not $survivors"
+          bad=1
+        fi
+      else
+        warn "FAIL: h$i did not converge after it saw h$n fail"
+        bad=1
+        conv=999999
+      fi
+    else
+      warn "FAIL: h$i never logged 'host $n failed' after the kill"
+      bad=1
+      detect=999999 conv=999999
+    fi
+    say "failover: h$i: host $n ${d:-never failed}$c"
+  done
+  if ((conv > bound)) && ((conv < 999999)); then
+    warn "FAIL: the survivors converged without h$n after $conv ms, beyond the bound of" \
+      "$bound ms (tolerance $HB_TOLERANCE + 3 periods of $HB_PERIOD_MS ms)"
+    bad=1
+  fi
+
+  # The client's requests: those started after kill + bound must all be answered.
+  local k start src rc text total=0 ok=0 failed=0 late=0 after=0 last=""
+  local -A by=()
+  while IFS=$'\t' read -r k start src rc text; do
+    [ -n "$rc" ] || continue
+    total=$((total + 1))
+    ((start >= kill_ms + bound)) && after=$((after + 1))
+    if [ "$rc" = 0 ] && [[ $text =~ ^host\ ([0-9]+)$ ]]; then
+      ok=$((ok + 1))
+      by[${BASH_REMATCH[1]}]=$((${by[${BASH_REMATCH[1]}]:-0} + 1))
+      continue
+    fi
+    failed=$((failed + 1))
+    if [ -z "$last" ] || ((start - kill_ms > last)); then last=$((start - kill_ms)); fi
+    if ((start >= kill_ms + bound)); then
+      late=$((late + 1))
+      warn "FAIL: request $k from $src started $((start - kill_ms)) ms after the kill" \
+        "(after the bound of $bound ms) failed: ${text:0:100}"
+    fi
+  done < <(sort -n "$out")
+  local answered=""
+  for ((i = 1; i <= n; i++)); do answered+="${answered:+, }h$i ${by[$i]:-0}"; done
+  say "failover: the client sent $total requests ($ok answered: $answered; $failed failed)," \
+    "$after of them started after kill + $bound ms"
+  if [ "$late" != 0 ]; then
+    bad=1
+  elif [ "$after" = 0 ]; then
+    warn "FAIL: no request started after kill + $bound ms: nothing checked the cluster without h$n"
+    bad=1
+  fi
+  [ $bad = 0 ] || FAILED=1
+
+  local s="kill -9 h$n under load:"
+  if ((detect < 999999)); then
+    s+=" failure detected after $detect ms ($(periods "$detect") periods),"
+  else
+    s+=" failure NOT detected,"
+  fi
+  if ((conv < 999999)); then
+    s+=" converged with hosts $survivors after $conv ms ($(periods "$conv") periods; bound $((HB_TOLERANCE + 3)))"
+  else
+    s+=" NOT converged with hosts $survivors"
+  fi
+  if [ -n "$last" ]; then
+    s+="; last failed request started $last ms after the kill"
+  else
+    s+="; no request failed"
+  fi
+  TIMING+=("$s; $late failures after the bound")
+  FO_KILL_SUMMARY="h$n killed under load: converged without it in $conv ms (bound $bound ms), $late failures after the bound"
+}
+
+# Start the killed host again (same config and namespace) and wait until every host converged
+# with all hosts.
+failover_restart() {
+  local n=$KILLED i t0 deadline ev ms all latest=0 dir
+  local -a pending=()
+  all=$(host_set)
+  dir="/var/run/dpdk/$(dpdk_prefix "$n")"
+  rm -rf "$dir" # the killed EAL's runtime folder outlives it
+  mv "$LOGDIR/h$n.log" "$LOGDIR/h$n.killed.log"
+  start_appliance "$n"
+  t0=${APP_T0[n]}
+  say "failover: h$n restarted (pid ${APP_PID[n]}), waiting for all to converge with hosts $all"
+  KILLED=""
+  RESTARTED=$n
+  deadline=$((t0 + FO_REJOIN_TIMEOUT * 1000))
+  for ((i = 1; i <= HOSTS; i++)); do pending+=("$i"); done
+  while [ ${#pending[@]} -gt 0 ]; do
+    local still=()
+    for i in "${pending[@]}"; do
+      if ev=$(first_event "$LOGDIR/h$i.log" "converged with hosts \\$all" "$t0"); then
+        ms=$((${ev%%$'\t'*} - t0))
+        ((ms > latest)) && latest=$ms
+      else
+        still+=("$i")
+      fi
+    done
+    pending=("${still[@]}")
+    [ ${#pending[@]} -eq 0 ] && break
+    if ! check_alive; then
+      warn "FAIL: an appliance died while h$n rejoined"
+      FAILED=1
+      break
+    fi
+    if [ "$(now_ms)" -ge $deadline ]; then
+      local h
+      for h in "${pending[@]}"; do
+        warn "FAIL: h$h did not converge with hosts $all within ${FO_REJOIN_TIMEOUT}s of h$n's restart"
+        log_tail "$LOGDIR/h$h.log"
+      done
+      FAILED=1
+      break
+    fi
+    sleep 0.1
+  done
+  if [ ${#pending[@]} -eq 0 ]; then
+    TIMING+=("h$n restarted: converged with hosts $all after $latest ms")
+    PASS_EXTRA+="; $FO_KILL_SUMMARY; restarted, all converged again in $latest ms"
+  else
+    TIMING+=("h$n restarted: NOT converged with hosts $all (still missing: $(printf 'h%s ' "${pending[@]}"| sed 's/ $//'))")
+  fi
+}
+
+failover_phase() {
+  if [ "$HOSTS" -lt 2 ]; then
+    say "failover: skipped (one host: no survivor to take over)"
+    return
+  fi
+  report_start_convergence
+  failover_kill
+  failover_restart
 }
 
 print_usage_up() {
@@ -880,11 +1194,13 @@ main() {
   check_switch before
   run_workload
   fetch_served
-  check_switch after
   check_appliances
+  [ "$MEMBERSHIP" = static ] || failover_phase
+  check_switch after
   stop_appliances
   check_filter_counts
   summarize
+  for i in "${TIMING[@]}"; do say "$i"; done
 }
 
 main "$@"
