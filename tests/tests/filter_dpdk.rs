@@ -40,6 +40,65 @@ fn fragments_last_first(src: [u8; 4], id: u16) -> Vec<Vec<u8>> {
     out
 }
 
+/// EAL arguments for an appliance whose cluster port replays `in.pcap` from `dir` and whose
+/// ports write `cluster-out-TAG.pcap` and `host-out-TAG.pcap` there.
+fn pcap_eal(dir: &std::path::Path, tag: &str) -> Vec<String> {
+    let p = |n: &str| dir.join(n).display().to_string();
+    vec![
+        "--vdev".to_string(),
+        format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}",
+            p("in.pcap"),
+            p(&format!("cluster-out-{tag}.pcap"))
+        ),
+        "--vdev".to_string(),
+        format!(
+            "net_pcap1,rx_pcap={},tx_pcap={}",
+            p("empty.pcap"),
+            p(&format!("host-out-{tag}.pcap"))
+        ),
+    ]
+}
+
+/// Writes `frames` as `in.pcap` (and an empty host-side capture) into `dir`.
+fn write_input(dir: &std::path::Path, frames: &[Vec<u8>]) {
+    let records: Vec<Record> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
+        .collect();
+    pcap::write_all(
+        std::fs::File::create(dir.join("in.pcap")).unwrap(),
+        &records,
+    )
+    .unwrap();
+    pcap::write_all(std::fs::File::create(dir.join("empty.pcap")).unwrap(), &[]).unwrap();
+}
+
+/// One appliance replays `frames` on its cluster port; returns how it ended and what left
+/// its cluster and host ports.
+fn replay(
+    name: &str,
+    config: &str,
+    frames: &[Vec<u8>],
+) -> (wlbs_tests::Exit, Vec<Record>, Vec<Record>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_input(dir.path(), frames);
+    let mut app = Appliance::start(name, config, &pcap_eal(dir.path(), "1"));
+    assert!(
+        app.wait_for("forwarding:", Duration::from_secs(30)),
+        "{}",
+        app.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let read = |n: &str| pcap::read_all(std::fs::File::open(dir.path().join(n)).unwrap()).unwrap();
+    let cluster_out = read("cluster-out-1.pcap");
+    let host_out = read("host-out-1.pcap");
+    (exit, cluster_out, host_out)
+}
+
 const CONFIG: &str = r#"
 [dataplane]
 cluster_port = "net_pcap0"
@@ -80,35 +139,27 @@ fn three_hosts_partition_vip_frames_and_all_pass_the_rest() {
             _ if tcp => ([192, 0, 2, 10], 80), // rule 1
             _ => ([192, 0, 2, 10], 5000 + i as u16 % 1000), // rule 2
         };
-        let f = frame(client, dst, 1024 + (i * 7) as u16, dport, tcp, i as u16);
+        frames.push(frame(
+            client,
+            dst,
+            1024 + (i * 7) as u16,
+            dport,
+            tcp,
+            i as u16,
+        ));
         vip.push(dst == [192, 0, 2, 10]);
-        frames.push(Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f));
         if i % 20 == 5 {
             for f in fragments_last_first([203, 0, 113, (i % 250) as u8 + 1], i as u16) {
                 vip.push(true);
-                frames.push(Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f));
+                frames.push(f);
             }
         }
     }
-    pcap::write_all(std::fs::File::create(p("in.pcap")).unwrap(), &frames).unwrap();
-    pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
+    write_input(dir.path(), &frames);
 
     let mut apps = Vec::new();
     for host in 1..=3 {
-        let eal = vec![
-            "--vdev".to_string(),
-            format!(
-                "net_pcap0,rx_pcap={},tx_pcap={}",
-                p("in.pcap").display(),
-                p(&format!("cluster-out-{host}.pcap")).display()
-            ),
-            "--vdev".to_string(),
-            format!(
-                "net_pcap1,rx_pcap={},tx_pcap={}",
-                p("empty.pcap").display(),
-                p(&format!("host-out-{host}.pcap")).display()
-            ),
-        ];
+        let eal = pcap_eal(dir.path(), &host.to_string());
         let config = CONFIG.replace("PRIORITY", &host.to_string());
         apps.push(Appliance::start(&format!("part{host}"), &config, &eal));
     }
@@ -142,13 +193,13 @@ fn three_hosts_partition_vip_frames_and_all_pass_the_rest() {
     }
     let mut per_host = [0u32; 3];
     for (rec, is_vip) in frames.iter().zip(&vip) {
-        let got = seen.get(&rec.data).copied().unwrap_or_default();
+        let got = seen.get(rec).copied().unwrap_or_default();
         if *is_vip {
             assert_eq!(
                 got.iter().sum::<u32>(),
                 1,
                 "VIP frame taken by {got:?} hosts: {:02x?}",
-                &rec.data[26..38]
+                &rec[26..38]
             );
             for h in 0..3 {
                 per_host[h] += got[h];
@@ -169,8 +220,6 @@ fn heartbeats_go_to_the_control_thread_and_never_to_the_host() {
     use wlbs_control::heartbeat::{self, HeartbeatRepr, RuleState};
     use wlbs_dataplane::wire::EthernetAddress;
 
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n);
     let peer = |priority: u8| HeartbeatRepr {
         version: 0x0206,
         host_priority: priority,
@@ -201,43 +250,13 @@ fn heartbeats_go_to_the_control_thread_and_never_to_the_host() {
     frames.push(frames[0][..40].to_vec());
     // And ordinary traffic to a dedicated address, which passes.
     frames.push(frame([198, 51, 100, 1], [192, 0, 2, 11], 1000, 22, true, 1));
-    let records: Vec<Record> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
-        .collect();
-    pcap::write_all(std::fs::File::create(p("in.pcap")).unwrap(), &records).unwrap();
-    pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
-    let eal = vec![
-        "--vdev".to_string(),
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={}",
-            p("in.pcap").display(),
-            p("cluster-out.pcap").display()
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("empty.pcap").display(),
-            p("host-out.pcap").display()
-        ),
-    ];
-    let mut app = Appliance::start("hb", &CONFIG.replace("PRIORITY", "1"), &eal);
-    assert!(
-        app.wait_for("forwarding:", Duration::from_secs(30)),
-        "{}",
-        app.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(1000));
-    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
-    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let (exit, _, out) = replay("hb", &CONFIG.replace("PRIORITY", "1"), &frames);
     let summary = exit.summary().unwrap();
     assert!(
         summary
             .contains("control heartbeats 5, identity 0, unknown code 1, malformed 1, ring full 0"),
         "{summary}"
     );
-    let out = pcap::read_all(std::fs::File::open(p("host-out.pcap")).unwrap()).unwrap();
     assert_eq!(out.len(), 1, "only the ordinary frame reaches the host");
     assert_eq!(out[0].data, frames[7]);
 }
@@ -289,41 +308,12 @@ fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
         frame(Some((&forger, 101))), // forged
         frame(Some((&key, 102))),    // good again
     ];
-    let records: Vec<Record> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
-        .collect();
-    pcap::write_all(std::fs::File::create(p("in.pcap")).unwrap(), &records).unwrap();
-    pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
-    let eal = vec![
-        "--vdev".to_string(),
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={}",
-            p("in.pcap").display(),
-            p("cluster-out.pcap").display()
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("empty.pcap").display(),
-            p("host-out.pcap").display()
-        ),
-    ];
     let config = format!(
         "[dataplane]\ncluster_port = \"net_pcap0\"\nhost_port = \"net_pcap1\"\n\
          [cluster]\nip = \"192.0.2.10\"\nkey_file = \"{}\"\n[host]\npriority = 1\n",
         p("cluster.key").display()
     );
-    let mut app = Appliance::start("auth", &config, &eal);
-    assert!(
-        app.wait_for("forwarding:", Duration::from_secs(30)),
-        "{}",
-        app.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(1000));
-    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
-    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let (exit, out, _) = replay("auth", &config, &frames);
     let summary = exit.summary().unwrap();
     assert!(summary.contains("control heartbeats 2,"), "{summary}");
     assert!(summary.contains("refused 3"), "{summary}");
@@ -333,7 +323,6 @@ fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
         exit.stderr
     );
     // Our own heartbeats go out signed: the cluster port's output verifies with the key.
-    let out = pcap::read_all(std::fs::File::open(p("cluster-out.pcap")).unwrap()).unwrap();
     let mut guard = wire::ReplayGuard::default();
     let ours: Vec<_> = out
         .iter()

@@ -626,15 +626,21 @@ impl Membership {
                 .collect(),
             default_host: None,
         };
-        for p in members_of(self.view) {
-            let maps = if p == self.s.priority {
-                self.maps()
-            } else {
-                match &self.peers[p as usize].last {
-                    Some(l) => l.rules.clone(),
-                    None => continue,
+        let reported: Vec<(u8, Vec<RuleMaps>)> = members_of(self.view)
+            .into_iter()
+            .filter_map(|p| {
+                if p == self.s.priority {
+                    Some((p, self.maps()))
+                } else {
+                    self.peers[p as usize]
+                        .last
+                        .as_ref()
+                        .map(|l| (p, l.rules.clone()))
                 }
-            };
+            })
+            .collect();
+        for (p, maps) in &reported {
+            let p = *p;
             for (r, m) in maps.iter().enumerate().take(rules) {
                 for b in 0..BUCKETS {
                     let claims = (m.new | m.ready) & (1 << b) != 0;
@@ -646,15 +652,8 @@ impl Membership {
             }
         }
         // Buckets nobody claims for new connections: whoever still serves them.
-        for p in members_of(self.view) {
-            let maps = if p == self.s.priority {
-                self.maps()
-            } else {
-                match &self.peers[p as usize].last {
-                    Some(l) => l.rules.clone(),
-                    None => continue,
-                }
-            };
+        for (p, maps) in &reported {
+            let p = *p;
             for (r, m) in maps.iter().enumerate().take(rules) {
                 for b in 0..BUCKETS {
                     let o = &mut prev.rules[r].owners[b];
