@@ -468,6 +468,7 @@ pub fn run(
                 let control = Arc::new(ControlChannel::new(CONTROL_RING));
                 control_channels.push(Arc::clone(&control));
                 FilterWorker {
+                    counters: filter.counters(),
                     filter,
                     table: Arc::clone(table),
                     host_mac: Arc::clone(&host_mac),

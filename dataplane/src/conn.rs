@@ -573,11 +573,6 @@ impl ConnectionTable {
         self.timeouts
     }
 
-    /// New timeouts apply to every descriptor from now on, measured from its last packet.
-    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
-        self.timeouts = timeouts;
-    }
-
     /// The counts this table keeps, for the control thread.
     pub fn counts(&self) -> Arc<ConnectionCounts> {
         Arc::clone(&self.counts)

@@ -19,7 +19,7 @@ use crossbeam::queue::ArrayQueue;
 use dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 use hdrhistogram::Histogram;
 
-use crate::filter::classify::{Decision, Filter, Tally};
+use crate::filter::classify::{Decision, Filter, FilterCounters, Tally};
 use crate::filter::frag::{DatagramKey, HeldFragments};
 use crate::filter::table::FilterTable;
 use crate::filter::{Reason, Verdict};
@@ -59,6 +59,8 @@ pub struct WorkerCounters {
     pub inbound: DirectionCounters,
     /// Host port to cluster port.
     pub outbound: DirectionCounters,
+    /// Control frames (heartbeats) the control thread sent through this worker.
+    pub control: DirectionCounters,
     /// Polls that found both RX queues empty.
     pub idle_polls: AtomicU64,
 }
@@ -158,6 +160,8 @@ pub fn is_control_frame(frame: &[u8]) -> bool {
 /// What a filtering worker needs beyond its queues.
 pub struct FilterWorker {
     pub filter: Filter,
+    /// `filter.counters()`, kept so the loop touches no reference count per burst.
+    pub counters: Arc<FilterCounters>,
     /// The table the control thread publishes.
     pub table: Arc<ArcSwap<FilterTable>>,
     pub host_mac: Arc<HostMac>,
@@ -243,6 +247,7 @@ pub fn run(
     };
     let mut cycles_per_packet =
         Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).expect("static histogram bounds");
+    let host_mac = filter.as_ref().map(|f| Arc::clone(&f.host_mac));
     while !stop.load(Relaxed) {
         let inbound = match filter.as_mut() {
             None => forward(
@@ -273,10 +278,9 @@ pub fn run(
                 }
             }
             if !burst.is_empty() {
-                send(&mut q.cluster_tx, &mut burst, &counters.outbound);
+                send(&mut q.cluster_tx, &mut burst, &counters.control);
             }
         }
-        let host_mac = filter.as_ref().map(|f| Arc::clone(&f.host_mac));
         let outbound = forward(
             &mut q.host_rx,
             &mut q.cluster_tx,
@@ -294,8 +298,7 @@ pub fn run(
         }
         backoff.on_poll(inbound + outbound);
     }
-    if let Some(f) = filter.as_ref() {
-        let counters = f.filter.counters();
+    if let Some(counters) = filter.as_ref().map(|f| &f.counters) {
         scratch
             .held
             .drain(|_| counters.count(&Decision::of(Verdict::Drop(Reason::FragmentTimeout))));
@@ -364,7 +367,7 @@ fn filter_inbound(
         let start = dpdk::rdtsc();
         let table = f.table.load();
         let host_mac = f.host_mac.get();
-        let filter_counters = f.filter.counters();
+        let filter_counters = &*f.counters;
         let reject: Cell<Reject> = Cell::new(Reject::Drop);
         let filter = &mut f.filter;
         let control = &f.control;
@@ -376,7 +379,7 @@ fn filter_inbound(
                     return false;
                 }
                 let d = filter.classify(&table, m.data(), now_ms);
-                tally.add(&filter_counters, &d);
+                tally.add(filter_counters, &d);
                 match d.verdict {
                     Verdict::Accept(_) => {
                         if let Some(mac) = host_mac {
@@ -424,7 +427,7 @@ fn filter_inbound(
         cycles_per_packet.saturating_record(per_packet);
     }
     if !held.is_empty() {
-        let filter_counters = f.filter.counters();
+        let filter_counters = &*f.counters;
         let host_mac = f.host_mac.get();
         held.release(f.filter.fragments(), now_ms, |mut m, verdict| {
             let verdict = verdict.unwrap_or(Verdict::Drop(Reason::FragmentTimeout));
