@@ -93,21 +93,15 @@ impl ControlCounts {
                 self.heartbeats += 1;
                 None
             }
-            Err(DecodeError::Identity) => {
+            Err(DecodeError::Identity(id)) => {
                 self.identities += 1;
-                if let Ok(heartbeat::Frame {
-                    message: heartbeat::Message::Identity(id),
-                    ..
-                }) = heartbeat::parse_frame(frame)
-                {
-                    debug!(
-                        "identity: host {} is {:?} ({})",
-                        id.host_priority,
-                        id.host_name,
-                        id.dedicated_ip
-                            .map_or("no dedicated IP".into(), |a| a.to_string())
-                    );
-                }
+                debug!(
+                    "identity: host {} is {:?} ({})",
+                    id.host_priority,
+                    id.host_name,
+                    id.dedicated_ip
+                        .map_or("no dedicated IP".into(), |a| a.to_string())
+                );
                 None
             }
             Err(e @ (DecodeError::Unauthenticated | DecodeError::Replayed)) => {

@@ -180,8 +180,9 @@ pub struct Decoded {
 pub enum DecodeError {
     #[error(transparent)]
     Frame(#[from] heartbeat::Error),
+    /// An identity heartbeat (host name, dedicated IP), not a membership heartbeat.
     #[error("an identity heartbeat, not a membership heartbeat")]
-    Identity,
+    Identity(Box<heartbeat::IdentityRepr>),
     /// An NLB heartbeat without the wlbs extension (e.g. from a Windows host).
     #[error("an NLB heartbeat without the wlbs extension (a Windows NLB host?)")]
     NotWlbs,
@@ -204,7 +205,7 @@ pub fn decode(
     let parsed = heartbeat::parse_frame(frame)?;
     let repr = match parsed.message {
         heartbeat::Message::Heartbeat(h) => h,
-        heartbeat::Message::Identity(_) => return Err(DecodeError::Identity),
+        heartbeat::Message::Identity(id) => return Err(DecodeError::Identity(Box::new(id))),
     };
     // parse_frame checked the length and code; the view cannot fail.
     let packet = Packet::new_checked(&frame[14..])?;
