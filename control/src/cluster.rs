@@ -130,10 +130,8 @@ impl ClusterView {
         generation: u64,
     ) -> (FilterTable, Assignment) {
         let a = assignment::assign(&self.modes, members, previous);
-        let ownership = a.ownership_of(self.priority);
-        let table = FilterTable::new(
-            &self.spec,
-            &ownership,
+        let table = self.table_for(
+            &a.ownership_of(self.priority),
             a.default_host == Some(self.priority),
             members.iter().any(|m| m.priority == self.priority),
             generation,
