@@ -21,9 +21,11 @@ use wlbs_dataplane::worker::{
 
 use crate::cluster::ClusterView;
 use crate::config::{Config, PortSpec};
+use crate::consistency::describe;
 use crate::heartbeat;
 use crate::membership::wire::{self, DecodeError};
-use crate::membership::{Event, HostState, Membership, Ping};
+use crate::membership::{Event, HostState, Membership, Refusal};
+use crate::peers::Peers;
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
 const CONTROL_TICK: Duration = Duration::from_millis(20);
@@ -58,6 +60,12 @@ pub struct Summary {
     pub heartbeats_sent: Option<(u64, u64, u64)>,
 }
 
+/// A usable frame from another host.
+enum FromPeer {
+    Ping(Box<wire::Decoded>),
+    Identity(Box<wire::Identity>),
+}
+
 /// What the control thread made of the frames the workers handed it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ControlCounts {
@@ -78,7 +86,7 @@ impl ControlCounts {
         &mut self,
         frame: &[u8],
         auth: Option<(&wire::ClusterKey, &mut wire::ReplayGuard)>,
-    ) -> Option<Ping> {
+    ) -> Option<FromPeer> {
         match wire::decode(frame, auth) {
             Ok(d) => {
                 self.heartbeats += 1;
@@ -86,7 +94,7 @@ impl ControlCounts {
                     "heartbeat from host {} (cluster {}, dedicated {})",
                     d.ping.priority, d.cluster_ip, d.ping.dedicated_ip
                 );
-                Some(d.ping)
+                Some(FromPeer::Ping(Box::new(d)))
             }
             // An NLB heartbeat that is not ours (a Windows host): counted, not used.
             Err(DecodeError::NotWlbs | DecodeError::BadState(_)) => {
@@ -97,12 +105,13 @@ impl ControlCounts {
                 self.identities += 1;
                 debug!(
                     "identity: host {} is {:?} ({})",
-                    id.host_priority,
-                    id.host_name,
-                    id.dedicated_ip
+                    id.repr.host_priority,
+                    id.repr.host_name,
+                    id.repr
+                        .dedicated_ip
                         .map_or("no dedicated IP".into(), |a| a.to_string())
                 );
-                None
+                Some(FromPeer::Identity(id))
             }
             Err(e @ (DecodeError::Unauthenticated | DecodeError::Replayed)) => {
                 self.rejected += 1;
@@ -115,7 +124,7 @@ impl ControlCounts {
                             .join(":")
                     });
                     warn!(
-                        "heartbeat from {} refused: {e} ({} refused so far)",
+                        "heartbeat or identity from {} refused: {e} ({} refused so far)",
                         src.unwrap_or_default(),
                         self.rejected
                     );
@@ -126,7 +135,7 @@ impl ControlCounts {
                 self.unknown_code += 1;
                 None
             }
-            Err(DecodeError::Frame(_)) => {
+            Err(DecodeError::Frame(_) | DecodeError::BadConfig(_)) => {
                 self.malformed += 1;
                 None
             }
@@ -531,12 +540,15 @@ pub fn run(
         // The masked source NLB uses in unicast mode: 02-<priority>-<cluster IP>.
         EthernetAddress([0x02, v.priority, ip[0], ip[1], ip[2], ip[3]])
     });
-    let rule_codes = view.as_ref().map(|v| v.rule_codes()).unwrap_or_default();
+    let shared = view.as_ref().map(|v| v.shared_config(config));
+    let rule_codes = shared.as_ref().map(|s| s.rule_codes()).unwrap_or_default();
+    let mut peers = shared.clone().map(Peers::new);
     let mut cluster_tx = control.cluster_tx;
     // Heartbeat send delay against schedule, in ms (1 ms resolution: the control loop's).
     let mut send_jitter =
         Histogram::<u64>::new_with_bounds(1, 60_000, 2).expect("static histogram bounds");
     let mut identity_due_ms = 0u64;
+    let mut last_identity_ms = 0u64;
     let host_name: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| {
             h.trim()
@@ -560,10 +572,23 @@ pub fn run(
         for ch in &control_channels {
             while let Some(frame) = ch.ring.pop() {
                 let auth = key.as_ref().map(|k| (k, &mut replay));
-                if let (Some(ping), Some(m)) =
-                    (control_counts.take(frame.data(), auth), membership.as_mut())
-                {
-                    m.handle_ping(now, &ping);
+                let (Some(from), Some(m), Some(peers)) = (
+                    control_counts.take(frame.data(), auth),
+                    membership.as_mut(),
+                    peers.as_mut(),
+                ) else {
+                    continue;
+                };
+                match from {
+                    FromPeer::Ping(d) => {
+                        peers.heard(d.ping.priority, d.ping.dedicated_ip, d.src);
+                        m.handle_ping(now, &d.ping);
+                    }
+                    FromPeer::Identity(id) => {
+                        if let Some(line) = peers.identity(&id) {
+                            warn!("{line}");
+                        }
+                    }
                 }
             }
         }
@@ -602,7 +627,18 @@ pub fn run(
             );
             send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
         }
+        while let Some(event) = m.poll_event() {
+            // A refused or new peer hears our identity (with our configuration) soon, so it
+            // can name what differs without waiting for the 10 s period.
+            if matches!(event, Event::PeerRefused { .. } | Event::HostJoined { .. }) {
+                identity_due_ms = identity_due_ms.min(now.max(last_identity_ms + 1000));
+            }
+            if let Some(peers) = peers.as_ref() {
+                log_event(&event, peers);
+            }
+        }
         if now >= identity_due_ms {
+            last_identity_ms = now;
             identity_due_ms = now + IDENTITY_PERIOD_MS;
             let identity = heartbeat::IdentityRepr {
                 version: 0x0206,
@@ -613,17 +649,26 @@ pub fn run(
                     _ => None,
                 },
                 host_name: host_name.clone(),
+                others: Vec::new(),
             };
-            if let Ok(frame) = heartbeat::emit_identity_frame(
+            let shared = shared
+                .as_ref()
+                .expect("a cluster member has a shared config");
+            match wire::encode_identity(
                 &identity,
+                shared,
                 heartbeat_source.unwrap_or(EthernetAddress::BROADCAST),
                 EthernetAddress::BROADCAST,
+                key.as_ref().map(|k| {
+                    sequence += 1;
+                    (k, sequence)
+                }),
             ) {
-                send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
+                Ok(frame) => {
+                    send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame)
+                }
+                Err(e) => warn!("identity heartbeat not sent: {e}"),
             }
-        }
-        while let Some(event) = m.poll_event() {
-            log_event(&event);
         }
         let ownership = m.ownership();
         let default_host = m.is_converged() && m.default_host() == Some(view.priority);
@@ -731,7 +776,7 @@ fn send_control_frame(
 }
 
 /// Membership events, named as NLB's event log names them.
-fn log_event(event: &Event) {
+fn log_event(event: &Event, peers: &Peers) {
     match event {
         Event::Converged {
             members,
@@ -752,7 +797,32 @@ fn log_event(event: &Event) {
             priority,
             dedicated_ip,
             cause,
-        } => warn!("host {priority} ({dedicated_ip}) refused: {cause:?}"),
+        } => {
+            let mut info = peers.get(*priority).cloned().unwrap_or_default();
+            if !dedicated_ip.is_unspecified() {
+                info.dedicated_ip = Some(*dedicated_ip);
+            }
+            let who = info.name_of(*priority);
+            match cause {
+                Refusal::ConfigMismatch { .. } if !info.differences.is_empty() => warn!(
+                    "{who} refused: configuration differs: {}",
+                    describe(&info.differences)
+                ),
+                Refusal::ConfigMismatch { ours, theirs } => warn!(
+                    "{who} refused: configuration differs (fingerprint {ours:08x} here, {theirs:08x} there); the fields follow when its identity heartbeat arrives"
+                ),
+                Refusal::DuplicatePriority => warn!(
+                    "{who} refused: another host uses host priority {priority} (each host needs its own)"
+                ),
+                Refusal::DuplicateHandlingPriority {
+                    rule,
+                    handling_priority,
+                } => warn!(
+                    "{who} refused: rule {}: handling priority {handling_priority} is used by another host too (single-host rules need distinct handling priorities)",
+                    rule + 1
+                ),
+            }
+        }
         Event::Partition { other_default } => warn!(
             "network partition: host {other_default} is a second default host (duplicate cluster subnets)"
         ),

@@ -7,6 +7,7 @@ use wlbs_dataplane::filter::{FilterSpec, Mode};
 
 use crate::assignment::{self, Assignment, Member};
 use crate::config::Config;
+use crate::consistency::SharedConfig;
 use crate::membership::Settings;
 
 /// A cluster member's view of the cluster: what it filters on and who it is.
@@ -65,13 +66,10 @@ impl ClusterView {
         config.cluster.as_ref().is_some_and(|c| c.members.is_some())
     }
 
-    /// Per-rule fingerprints peers compare (any field of a rule changes its code).
-    pub fn rule_codes(&self) -> Vec<u32> {
-        self.spec
-            .rules
-            .iter()
-            .map(|r| fnv(format!("{r:?}").as_bytes()))
-            .collect()
+    /// What every member must share: cluster addresses, port rules, heartbeat period.
+    pub fn shared_config(&self, config: &Config) -> SharedConfig {
+        let period = config.cluster.as_ref().map_or(0, |c| c.heartbeat_period_ms);
+        SharedConfig::new(&self.spec, period)
     }
 
     /// The membership core's settings for this host. `host_code` tells this instance apart
@@ -81,14 +79,6 @@ impl ClusterView {
             .cluster
             .as_ref()
             .expect("a cluster view has a [cluster]");
-        // Everything peers must share: cluster addresses, rules, period.
-        let mut shared = format!(
-            "{:?}|{:?}|{}|",
-            self.spec.cluster_ip, self.spec.vips, cluster.heartbeat_period_ms
-        );
-        for code in self.rule_codes() {
-            shared.push_str(&format!("{code:08x}"));
-        }
         Settings {
             priority: self.priority,
             dedicated_ip: match config.host.as_ref().and_then(|h| h.dedicated_ip) {
@@ -96,7 +86,7 @@ impl ClusterView {
                 _ => std::net::Ipv4Addr::UNSPECIFIED,
             },
             host_code,
-            config_fingerprint: fnv(shared.as_bytes()),
+            config_fingerprint: self.shared_config(config).fingerprint(),
             period_ms: cluster.heartbeat_period_ms as u64,
             tolerance: cluster.heartbeat_tolerance,
             cleanup_delay_ms: cluster.connection_cleanup_delay_s as u64 * 1000,
@@ -138,11 +128,4 @@ impl ClusterView {
         );
         (table, a)
     }
-}
-
-/// FNV-1a, for configuration fingerprints (stable across hosts and builds).
-fn fnv(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    })
 }

@@ -134,6 +134,13 @@ pub enum Error {
         "host name is {0} bytes long; an identity heartbeat carries at most {MAX_HOST_NAME_LEN}"
     )]
     HostNameTooLong(usize),
+    /// A TLV that cannot be written: a value over 255 bytes, or type 0 (end) or the host
+    /// name's type among the other TLVs.
+    #[error("identity TLV {kind:#04x} of {len} bytes cannot be written (at most 255 bytes; types 0x00 and 0x81 are reserved)")]
+    BadTlv { kind: u8, len: usize },
+    /// An identity heartbeat longer than a heartbeat's payload.
+    #[error("identity heartbeat of {0} bytes; at most {PAYLOAD_LEN} fit in a frame")]
+    IdentityTooLong(usize),
 }
 
 /// Result of heartbeat parsing.
@@ -662,6 +669,8 @@ pub struct IdentityRepr {
     pub dedicated_ip: Option<Ipv4Addr>,
     /// At most [`MAX_HOST_NAME_LEN`] bytes of UTF-8.
     pub host_name: String,
+    /// The TLVs other than the host name, in order (type, value of at most 255 bytes).
+    pub others: Vec<(u8, Vec<u8>)>,
 }
 
 impl IdentityRepr {
@@ -673,6 +682,7 @@ impl IdentityRepr {
             return Err(Error::BadHostPriority(priority));
         }
         let mut host_name = None;
+        let mut others = Vec::new();
         for tlv in packet.tlvs() {
             let tlv = tlv?;
             if tlv.kind == TLV_HOST_NAME {
@@ -681,6 +691,8 @@ impl IdentityRepr {
                 }
                 let name = core::str::from_utf8(tlv.value).map_err(|_| Error::HostNameNotUtf8)?;
                 host_name = Some(name.to_owned());
+            } else {
+                others.push((tlv.kind, tlv.value.to_vec()));
             }
         }
         let dedicated_ip = Some(packet.dedicated_ip()).filter(|ip| !ip.is_unspecified());
@@ -690,19 +702,34 @@ impl IdentityRepr {
             cluster_ip: packet.cluster_ip(),
             dedicated_ip,
             host_name: host_name.ok_or(Error::MissingHostName)?,
+            others,
         })
     }
 
-    /// Bytes [`emit`](Self::emit) writes: the header and the host name TLV.
+    /// Bytes [`emit`](Self::emit) writes: the header, the host name TLV and the others.
     pub fn buffer_len(&self) -> usize {
-        IDENTITY_HEADER_LEN + 2 + self.host_name.len()
+        IDENTITY_HEADER_LEN
+            + 2
+            + self.host_name.len()
+            + self.others.iter().map(|(_, v)| 2 + v.len()).sum::<usize>()
     }
 
-    /// Writes the header and the host name TLV; bytes past [`buffer_len`](Self::buffer_len)
-    /// are left alone (zero them, or end the buffer there).
+    /// Writes the header, the host name TLV and the other TLVs; bytes past
+    /// [`buffer_len`](Self::buffer_len) are left alone (zero them, or end the buffer there).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut IdentityPacket<T>) -> Result<()> {
         let name = self.host_name.as_bytes();
         let name_len = u8::try_from(name.len()).map_err(|_| Error::HostNameTooLong(name.len()))?;
+        for (kind, value) in &self.others {
+            if value.len() > u8::MAX as usize || *kind == TLV_END || *kind == TLV_HOST_NAME {
+                return Err(Error::BadTlv {
+                    kind: *kind,
+                    len: value.len(),
+                });
+            }
+        }
+        if self.buffer_len() > PAYLOAD_LEN {
+            return Err(Error::IdentityTooLong(self.buffer_len()));
+        }
         if packet.buffer.as_ref().len() < self.buffer_len() {
             return Err(Error::Truncated);
         }
@@ -715,6 +742,13 @@ impl IdentityRepr {
         tlvs[0] = TLV_HOST_NAME;
         tlvs[1] = name_len;
         tlvs[2..2 + name.len()].copy_from_slice(name);
+        let mut at = 2 + name.len();
+        for (kind, value) in &self.others {
+            tlvs[at] = *kind;
+            tlvs[at + 1] = value.len() as u8;
+            tlvs[at + 2..at + 2 + value.len()].copy_from_slice(value);
+            at += 2 + value.len();
+        }
         Ok(())
     }
 }
@@ -849,6 +883,7 @@ mod tests {
             cluster_ip: CLUSTER_IP,
             dedicated_ip: Some(DEDICATED_IP),
             host_name: "web-02.cluster.example.net".to_owned(),
+            others: Vec::new(),
         }
     }
 
@@ -1155,6 +1190,7 @@ mod tests {
     fn short_identity_frame_is_padded_and_still_parses() {
         let repr = IdentityRepr {
             host_name: "a".to_owned(),
+            others: Vec::new(),
             dedicated_ip: None,
             ..host_two_identity()
         };
@@ -1204,6 +1240,11 @@ mod tests {
         assert_eq!(repr.host_name, "web");
         assert_eq!(repr.host_priority, 3);
         assert_eq!(repr.dedicated_ip, None);
+        // TLVs this codec does not interpret are kept for the layers above.
+        assert_eq!(
+            repr.others,
+            vec![(1, vec![0xde, 0xad, 0xbe, 0xef]), (0x99, vec![])]
+        );
     }
 
     #[test]
@@ -1260,6 +1301,24 @@ mod tests {
             parse_frame(&frame).unwrap().message,
             Message::Identity(longest)
         );
+        let too_many = IdentityRepr {
+            others: vec![(0x84, vec![7; 255]); 6],
+            ..host_two_identity()
+        };
+        assert!(matches!(
+            emit_identity_frame(&too_many, SRC_MAC, EthernetAddress::BROADCAST),
+            Err(Error::IdentityTooLong(_))
+        ));
+        for (kind, len) in [(0x84, 256), (TLV_END, 1), (TLV_HOST_NAME, 1)] {
+            let bad = IdentityRepr {
+                others: vec![(kind, vec![1; len])],
+                ..host_two_identity()
+            };
+            assert_eq!(
+                emit_identity_frame(&bad, SRC_MAC, EthernetAddress::BROADCAST).unwrap_err(),
+                Error::BadTlv { kind, len }
+            );
+        }
         let mut small = [0u8; 30];
         assert_eq!(
             host_two_identity()
@@ -1316,13 +1375,18 @@ mod tests {
                 any::<[u8; 4]>(),
                 any::<Option<[u8; 4]>>(),
                 "\\PC{0,60}",
+                prop::collection::vec(
+                    (0x82u8..=0xff, prop::collection::vec(any::<u8>(), 0..40)),
+                    0..8,
+                ),
             )
-                .prop_map(|(version, prio, cip, dip, name)| IdentityRepr {
+                .prop_map(|(version, prio, cip, dip, name, others)| IdentityRepr {
                     version,
                     host_priority: prio,
                     cluster_ip: cip.into(),
                     dedicated_ip: dip.map(Ipv4Addr::from).filter(|ip| !ip.is_unspecified()),
                     host_name: name,
+                    others,
                 })
         }
 

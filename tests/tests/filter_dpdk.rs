@@ -336,9 +336,10 @@ fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
                 assert_eq!(d.ping.priority, 1);
                 heartbeats += 1;
             }
-            // The identity heartbeat (host name for `query`) goes out at start, unsigned.
+            // The identity heartbeat (host name, configuration) goes out at start, signed too.
             Err(wire::DecodeError::Identity(id)) => {
-                assert_eq!(id.host_priority, 1);
+                assert_eq!(id.repr.host_priority, 1);
+                assert!(id.shared.is_some());
                 identities += 1
             }
             Err(e) => panic!("our heartbeat does not verify: {e}"),
@@ -346,4 +347,81 @@ fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
     }
     assert!(heartbeats > 0, "the appliance sent no heartbeat");
     assert_eq!(identities, 1, "one identity heartbeat per 10 s");
+}
+
+/// A peer whose port rule differs is refused, and the log names it and the field, with both
+/// values: what the identity heartbeat's configuration TLVs are for.
+#[test]
+fn a_peer_with_a_different_port_rule_is_refused_and_the_field_named() {
+    use std::net::Ipv4Addr;
+    use wlbs_control::cluster::ClusterView;
+    use wlbs_control::config::Config;
+    use wlbs_control::heartbeat::IdentityRepr;
+    use wlbs_control::membership::wire;
+    use wlbs_dataplane::wire::EthernetAddress;
+
+    let ours = "[dataplane]\ncluster_port = \"net_pcap0\"\nhost_port = \"net_pcap1\"\n\
+                [cluster]\nip = \"192.0.2.10\"\n[host]\npriority = 1\n\
+                [[port_rule]]\nports = \"80\"\nprotocol = \"tcp\"\n";
+    let theirs_text = ours
+        .replace(
+            "priority = 1",
+            "priority = 3\ndedicated_ip = \"192.0.2.13\"",
+        )
+        .replace("ports = \"80\"", "ports = \"80-81\"");
+    let theirs = Config::parse(&theirs_text, std::path::Path::new("peer.toml")).unwrap();
+    let view = ClusterView::from_config(&theirs).unwrap();
+    let shared = view.shared_config(&theirs);
+    let settings = view.membership_settings(&theirs, 0x4242_4243);
+    let mut core = wlbs_control::membership::Membership::new(settings, 0);
+    let ping = core
+        .poll_transmit(0)
+        .expect("a starting host sends at once");
+    let src = EthernetAddress([0x02, 3, 192, 0, 2, 10]);
+    let identity = IdentityRepr {
+        version: 0x0206,
+        host_priority: 3,
+        cluster_ip: Ipv4Addr::new(192, 0, 2, 10),
+        dedicated_ip: Some(Ipv4Addr::new(192, 0, 2, 13)),
+        host_name: "web-3".into(),
+        others: Vec::new(),
+    };
+    let frames = [
+        wire::encode_identity(&identity, &shared, src, EthernetAddress::BROADCAST, None).unwrap(),
+        wire::encode(
+            &ping,
+            Ipv4Addr::new(192, 0, 2, 10),
+            &shared.rule_codes(),
+            src,
+            EthernetAddress::BROADCAST,
+            None,
+        ),
+    ];
+    let (exit, out, _) = replay("mismatch", ours, &frames);
+    assert!(
+        exit.stderr.contains(
+            "host 3 (web-3, 192.0.2.13, 02:03:c0:00:02:0a) configuration differs: rule 1: ports 80-80 here, 80-81 there"
+        ),
+        "{}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr.contains(
+            "host 3 (web-3, 192.0.2.13, 02:03:c0:00:02:0a) refused: configuration differs: rule 1: ports 80-80 here, 80-81 there"
+        ),
+        "{}",
+        exit.stderr
+    );
+    // Our identity tells the peer the same from its side.
+    let ours_shared = out
+        .iter()
+        .find_map(|r| match wire::decode(&r.data, None) {
+            Err(wire::DecodeError::Identity(id)) => id.shared,
+            _ => None,
+        })
+        .expect("our identity heartbeat describes our configuration");
+    assert_eq!(
+        wlbs_control::consistency::describe(&shared.differences(&ours_shared)),
+        "rule 1: ports 80-81 here, 80-80 there"
+    );
 }

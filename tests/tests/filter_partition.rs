@@ -1685,14 +1685,7 @@ fn ipv6_fragments_after_a_destination_options_header_follow_the_first_fragment()
     let c = Cluster {
         cluster_ip: v4,
         vips: vec![v4.into(), vip.into()],
-        rules: vec![PortRule {
-            vip: RuleVip::All,
-            first_port: 0,
-            last_port: 65535,
-            protocol: Protocol::Both,
-            mode: Mode::Multiple,
-            affinity: Affinity::Single,
-        }],
+        rules: vec![PortRule::nlb_default()],
         members: (1..=3)
             .map(|p| Member {
                 priority: p,

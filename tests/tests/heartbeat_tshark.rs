@@ -53,6 +53,7 @@ fn identity() -> IdentityRepr {
         cluster_ip: CLUSTER_IP,
         dedicated_ip: Some(DEDICATED_IP),
         host_name: "web-02.cluster.example.net".to_owned(),
+        others: Vec::new(),
     }
 }
 

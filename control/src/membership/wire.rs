@@ -34,7 +34,8 @@ use sha2::Sha256;
 use wlbs_dataplane::wire::EthernetAddress;
 
 use super::{HostState, Ping, RuleMaps};
-use crate::heartbeat::{self, HeartbeatRepr, Packet, RuleState, MAX_RULE_SLOTS};
+use crate::consistency::{SharedConfig, TlvError};
+use crate::heartbeat::{self, HeartbeatRepr, IdentityRepr, Packet, RuleState, MAX_RULE_SLOTS};
 
 const MAGIC: &[u8; 4] = b"WLBS";
 const SEQUENCE: std::ops::Range<usize> = 64..72;
@@ -52,21 +53,29 @@ impl ClusterKey {
         (bytes.len() >= 16).then_some(ClusterKey(bytes))
     }
 
-    fn tag(&self, payload: &[u8]) -> [u8; 32] {
+    /// HMAC-SHA256 over `payload` with the 32 bytes at `tag` read as zeros.
+    fn tag_at(&self, payload: &[u8], tag: std::ops::Range<usize>) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(&payload[..TAIL + TAG.start]);
+        mac.update(&payload[..tag.start]);
         mac.update(&[0u8; 32]);
-        mac.update(&payload[TAIL + TAG.end..]);
+        mac.update(&payload[tag.end..]);
         mac.finalize().into_bytes().into()
     }
 
-    fn verify(&self, payload: &[u8]) -> bool {
+    fn verify_at(&self, payload: &[u8], tag: std::ops::Range<usize>) -> bool {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(&payload[..TAIL + TAG.start]);
+        mac.update(&payload[..tag.start]);
         mac.update(&[0u8; 32]);
-        mac.update(&payload[TAIL + TAG.end..]);
-        mac.verify_slice(&payload[TAIL + TAG.start..TAIL + TAG.end])
-            .is_ok()
+        mac.update(&payload[tag.end..]);
+        mac.verify_slice(&payload[tag]).is_ok()
+    }
+
+    fn tag(&self, payload: &[u8]) -> [u8; 32] {
+        self.tag_at(payload, TAIL + TAG.start..TAIL + TAG.end)
+    }
+
+    fn verify(&self, payload: &[u8]) -> bool {
+        self.verify_at(payload, TAIL + TAG.start..TAIL + TAG.end)
     }
 }
 
@@ -166,6 +175,85 @@ pub fn encode(
     frame
 }
 
+/// Identity TLV type: sequence number (u64 LE) and HMAC-SHA256 tag, with a cluster key;
+/// always the last TLV. The tag covers the whole payload with its own 32 bytes zeroed.
+pub const TLV_AUTH: u8 = 0x8f;
+const AUTH_TLV_LEN: usize = 8 + 32;
+
+/// A decoded identity heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Host name, priority, dedicated IP; `others` holds the raw TLVs.
+    pub repr: IdentityRepr,
+    /// The sender's shared configuration (`None` from a sender that does not describe it).
+    pub shared: Option<SharedConfig>,
+    pub src: EthernetAddress,
+}
+
+/// Builds an identity heartbeat: host name, the shared configuration, and with a cluster key
+/// the authentication TLV last.
+pub fn encode_identity(
+    repr: &IdentityRepr,
+    shared: &SharedConfig,
+    src: EthernetAddress,
+    dst: EthernetAddress,
+    auth: Option<(&ClusterKey, u64)>,
+) -> Result<Vec<u8>, heartbeat::Error> {
+    let mut repr = repr.clone();
+    repr.others = shared.to_tlvs();
+    if let Some((_, sequence)) = auth {
+        let mut value = sequence.to_le_bytes().to_vec();
+        value.extend_from_slice(&[0; 32]);
+        repr.others.push((TLV_AUTH, value));
+    }
+    let mut frame = heartbeat::emit_identity_frame(&repr, src, dst)?;
+    if let Some((key, _)) = auth {
+        let tag = identity_tag_range(&repr);
+        let value = key.tag_at(&frame[14..], tag.clone());
+        frame[14 + tag.start..14 + tag.end].copy_from_slice(&value);
+    }
+    Ok(frame)
+}
+
+/// Where the tag of an identity's authentication TLV (its last TLV) sits in the payload, when
+/// the TLVs are laid out as [`IdentityRepr::emit`] writes them.
+fn identity_tag_range(repr: &IdentityRepr) -> std::ops::Range<usize> {
+    let end = repr.buffer_len();
+    end - 32..end
+}
+
+fn decode_identity(
+    frame: &[u8],
+    src: EthernetAddress,
+    mut repr: IdentityRepr,
+    auth: Option<(&ClusterKey, &mut ReplayGuard)>,
+) -> DecodeError {
+    if let Some((key, guard)) = auth {
+        let Some((TLV_AUTH, value)) = repr.others.last() else {
+            return DecodeError::Unauthenticated;
+        };
+        let payload = &frame[14..];
+        let tag = identity_tag_range(&repr);
+        if value.len() != AUTH_TLV_LEN || tag.end > payload.len() || !key.verify_at(payload, tag) {
+            return DecodeError::Unauthenticated;
+        }
+        let mut sequence = [0u8; 8];
+        sequence.copy_from_slice(&value[..8]);
+        // Identities have no host code: their own sequence per priority (code 0 is never a
+        // heartbeat's, which always has its low bit set).
+        if !guard.accept(repr.host_priority, 0, u64::from_le_bytes(sequence)) {
+            return DecodeError::Replayed;
+        }
+        repr.others.pop();
+    }
+    let shared = match SharedConfig::from_tlvs(repr.others.iter().map(|(k, v)| (*k, v.as_slice())))
+    {
+        Ok(shared) => shared,
+        Err(e) => return DecodeError::BadConfig(e),
+    };
+    DecodeError::Identity(Box::new(Identity { repr, shared, src }))
+}
+
 /// A decoded heartbeat from a wlbs host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
@@ -180,9 +268,13 @@ pub struct Decoded {
 pub enum DecodeError {
     #[error(transparent)]
     Frame(#[from] heartbeat::Error),
-    /// An identity heartbeat (host name, dedicated IP), not a membership heartbeat.
+    /// An identity heartbeat (host name, dedicated IP, shared configuration), not a
+    /// membership heartbeat; authenticated like one when there is a cluster key.
     #[error("an identity heartbeat, not a membership heartbeat")]
-    Identity(Box<heartbeat::IdentityRepr>),
+    Identity(Box<Identity>),
+    /// An identity heartbeat whose configuration TLVs are malformed.
+    #[error("identity heartbeat: {0}")]
+    BadConfig(#[from] TlvError),
     /// An NLB heartbeat without the wlbs extension (e.g. from a Windows host).
     #[error("an NLB heartbeat without the wlbs extension (a Windows NLB host?)")]
     NotWlbs,
@@ -205,7 +297,9 @@ pub fn decode(
     let parsed = heartbeat::parse_frame(frame)?;
     let repr = match parsed.message {
         heartbeat::Message::Heartbeat(h) => h,
-        heartbeat::Message::Identity(id) => return Err(DecodeError::Identity(Box::new(id))),
+        heartbeat::Message::Identity(id) => {
+            return Err(decode_identity(frame, parsed.src_addr, id, auth))
+        }
     };
     // parse_frame checked the length and code; the view cannot fail.
     let packet = Packet::new_checked(&frame[14..])?;
@@ -384,5 +478,92 @@ mod tests {
         // Without a key configured, a signed heartbeat is still read (NLB behaviour).
         assert!(decode(&signed(&key, 14), None).is_ok());
         assert!(ClusterKey::new(b"short".to_vec()).is_none());
+    }
+
+    fn identity_frame(key: Option<(&ClusterKey, u64)>) -> Vec<u8> {
+        let shared = SharedConfig {
+            cluster_ip: Ipv4Addr::new(192, 0, 2, 10),
+            vips: vec![],
+            heartbeat_period_ms: 1000,
+            rules: vec![wlbs_dataplane::filter::PortRule::nlb_default()],
+        };
+        let repr = IdentityRepr {
+            version: NLB_VERSION,
+            host_priority: 3,
+            cluster_ip: shared.cluster_ip,
+            dedicated_ip: Some(Ipv4Addr::new(192, 0, 2, 13)),
+            host_name: "h3".into(),
+            others: vec![],
+        };
+        encode_identity(
+            &repr,
+            &shared,
+            EthernetAddress([0x02, 3, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+            key,
+        )
+        .unwrap()
+    }
+
+    fn identity_of(e: DecodeError) -> Identity {
+        match e {
+            DecodeError::Identity(id) => *id,
+            e => panic!("not an identity: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn identities_carry_the_configuration_and_are_signed_with_a_key() {
+        let key = ClusterKey::new(b"0123456789abcdef-cluster".to_vec()).unwrap();
+        let other = ClusterKey::new(b"another key, 16+ bytes".to_vec()).unwrap();
+        let mut guard = ReplayGuard::default();
+        let plain = identity_of(decode(&identity_frame(None), None).unwrap_err());
+        assert_eq!(plain.repr.host_name, "h3");
+        assert_eq!(plain.shared.as_ref().unwrap().rules.len(), 1);
+        let signed = identity_frame(Some((&key, 7)));
+        let id = identity_of(decode(&signed, Some((&key, &mut guard))).unwrap_err());
+        // The authentication TLV is checked and removed: the same identity as unsigned.
+        assert_eq!(id, plain);
+        assert_eq!(
+            decode(&signed, Some((&key, &mut guard))).unwrap_err(),
+            DecodeError::Replayed
+        );
+        // Identity and heartbeat sequences are separate: a heartbeat's number does not
+        // make an identity's stale.
+        assert!(decode(&signed_by(&key, 3, 8), Some((&key, &mut guard))).is_ok());
+        for bad in [identity_frame(None), identity_frame(Some((&other, 9))), {
+            let mut f = identity_frame(Some((&key, 10)));
+            f[40] ^= 1;
+            f
+        }] {
+            assert_eq!(
+                decode(&bad, Some((&key, &mut guard))).unwrap_err(),
+                DecodeError::Unauthenticated
+            );
+        }
+        // A malformed configuration TLV is refused as a whole, not half-read.
+        let mut broken = identity_frame(None);
+        let at = broken
+            .windows(2)
+            .position(|w| w == [crate::consistency::TLV_CLUSTER, 9])
+            .unwrap();
+        broken[at + 1 + 9] = 0; // the rule count no longer matches
+        assert!(matches!(
+            decode(&broken, None),
+            Err(DecodeError::BadConfig(_))
+        ));
+    }
+
+    fn signed_by(key: &ClusterKey, priority: u8, sequence: u64) -> Vec<u8> {
+        let mut p = ping();
+        p.priority = priority;
+        encode(
+            &p,
+            Ipv4Addr::new(192, 0, 2, 10),
+            &[1, 2],
+            EthernetAddress([0x02, priority, 192, 0, 2, 10]),
+            EthernetAddress::BROADCAST,
+            Some((key, sequence)),
+        )
     }
 }

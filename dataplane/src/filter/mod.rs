@@ -73,6 +73,19 @@ pub struct PortRule {
 }
 
 impl PortRule {
+    /// NLB's default port rule: every port of every VIP, TCP and UDP, shared by all hosts
+    /// with single affinity (what a cluster without `[[port_rule]]` gets).
+    pub fn nlb_default() -> PortRule {
+        PortRule {
+            vip: RuleVip::All,
+            first_port: 0,
+            last_port: 65535,
+            protocol: Protocol::Both,
+            mode: Mode::Multiple,
+            affinity: Affinity::Single,
+        }
+    }
+
     pub fn covers_port(&self, port: u16) -> bool {
         (self.first_port..=self.last_port).contains(&port)
     }
