@@ -793,6 +793,9 @@ fn log_event(event: &Event, peers: &Peers) {
         Event::Converging { reason } => info!("converging: {reason}"),
         Event::HostFailed { priority } => warn!("host {priority} failed: no heartbeat heard"),
         Event::HostJoined { priority } => info!("host {priority} joined"),
+        Event::HostLeft { priority } => info!("host {priority} left the cluster (stopped)"),
+        Event::Stopped => info!("host stopped: taking no traffic until start"),
+        Event::Started => info!("host started: converging"),
         Event::PeerRefused {
             priority,
             dedicated_ip,

@@ -429,6 +429,45 @@ fn joins_restarts_and_drainstops_settle_to_one_owner_per_bucket() {
 }
 
 #[test]
+fn a_stopped_host_leaves_at_once_and_rejoins_on_start() {
+    for seed in seeds(200) {
+        let mut rng = Rng::new(seed ^ 0x5709);
+        let n = 2 + rng.below(5) as u8;
+        let mut sim = converged(seed, n, vec![Mode::Multiple, Mode::Single]);
+        let stopper = 1 + rng.below(n as u64) as u8;
+        let now = sim.now;
+        sim.hosts.get_mut(&stopper).unwrap().core.stop(now);
+        // Its last heartbeat says "stopped": the others need neither the tolerance nor
+        // a failure to converge without it.
+        sim.run(sim.now + 4 * PERIOD, |_| {});
+        sim.assert_quiescent(seed);
+        for (p, h) in &sim.hosts {
+            if *p == stopper {
+                assert!(h.events.contains(&Event::Stopped), "seed {seed}");
+                assert!(h.core.ownership().iter().all(|o| o.owned == 0 && !o.handler));
+                continue;
+            }
+            assert!(
+                h.events.contains(&Event::HostLeft { priority: stopper }),
+                "seed {seed}: host {p} did not see {stopper} leave: {:?}",
+                h.events
+            );
+            assert!(
+                !h.events.contains(&Event::HostFailed { priority: stopper }),
+                "seed {seed}: host {p} took {stopper}'s stop for a failure"
+            );
+        }
+        let now = sim.now;
+        sim.hosts.get_mut(&stopper).unwrap().core.start(now);
+        sim.run(sim.now + CLEANUP + 20 * PERIOD, |s| {
+            s.assert_one_new_connection_taker(seed)
+        });
+        sim.assert_quiescent(seed);
+        assert_eq!(sim.hosts[&stopper].core.members().len(), n as usize);
+    }
+}
+
+#[test]
 fn thirty_percent_loss_never_fails_a_live_member_of_eight() {
     for seed in seeds(3) {
         let mut sim = converged(seed, 8, vec![Mode::Multiple]);

@@ -83,6 +83,12 @@ pub enum Event {
     HostFailed { priority: u8 },
     /// A new member was heard.
     HostJoined { priority: u8 },
+    /// A member left on purpose (stop, or drainstop complete): its last heartbeat said so.
+    HostLeft { priority: u8 },
+    /// This host stopped (`stop`): it takes nothing until `start`.
+    Stopped,
+    /// This host started again after a stop (`start`) and converges.
+    Started,
     /// A peer is left out because its setup conflicts with ours.
     PeerRefused {
         priority: u8,
@@ -134,6 +140,9 @@ struct Peer {
     refused: Option<Refusal>,
     /// A different host code seen with this priority recently (duplicate priority).
     other_code_ms: Option<u64>,
+    /// The host code whose last heartbeat said "stopped": a late heartbeat of that instance
+    /// (reordered on the way) must not bring it back.
+    stopped_code: Option<u32>,
 }
 
 /// The membership state machine of one host.
@@ -150,6 +159,9 @@ pub struct Membership {
     /// Per rule: outgoing buckets whose descriptors reached zero (from the data plane).
     idle_local: Vec<u64>,
     draining: bool,
+    /// Stopped, with one last heartbeat (state stopped) still to send, so the others converge
+    /// without us at once instead of after the tolerance.
+    farewell: bool,
     next_ping_ms: u64,
     events: VecDeque<Event>,
     /// When the view or input last changed: agreement needs them stable for a while, so a
@@ -173,6 +185,7 @@ impl Membership {
             buckets: vec![[Bucket::None; BUCKETS]; rules],
             idle_local: vec![0; rules],
             draining: false,
+            farewell: false,
             next_ping_ms: now_ms,
             events: VecDeque::new(),
             stable_since_ms: now_ms,
@@ -215,9 +228,10 @@ impl Membership {
         self.events.pop_front()
     }
 
-    /// When `handle_timeout` wants to run next (never, once stopped).
+    /// When `handle_timeout` wants to run next (never, once stopped and the last heartbeat
+    /// sent).
     pub fn poll_timeout(&self) -> u64 {
-        if self.state == HostState::Stopped {
+        if self.state == HostState::Stopped && !self.farewell {
             u64::MAX
         } else {
             self.next_ping_ms
@@ -236,6 +250,46 @@ impl Membership {
         });
         self.converged = false;
         self.recompute(now_ms);
+    }
+
+    /// Stop: take nothing from now on (connections in progress break, as with NLB's `stop`;
+    /// use `drainstop` to let them finish). One last heartbeat tells the others.
+    pub fn stop(&mut self, now_ms: u64) {
+        if self.state == HostState::Stopped {
+            return;
+        }
+        self.enter_stopped();
+        self.next_ping_ms = now_ms;
+        self.events.push_back(Event::Stopped);
+    }
+
+    /// Start again after a stop or a completed drainstop: listen, then converge as a new
+    /// member would. Does nothing while running.
+    pub fn start(&mut self, now_ms: u64) {
+        if self.state != HostState::Stopped {
+            return;
+        }
+        // A new instance code: the others tell our new heartbeats from late ones of before.
+        let mut settings = self.s.clone();
+        settings.host_code = settings.host_code.rotate_left(7).wrapping_add(2) | 1;
+        if settings.host_code == self.s.host_code {
+            settings.host_code ^= 2;
+        }
+        let mut fresh = Membership::new(settings, now_ms);
+        fresh.events = std::mem::take(&mut self.events);
+        fresh.events.push_back(Event::Started);
+        *self = fresh;
+    }
+
+    fn enter_stopped(&mut self) {
+        self.state = HostState::Stopped;
+        self.draining = false;
+        self.converged = false;
+        self.farewell = true;
+        self.view = bit(self.s.priority);
+        self.buckets
+            .iter_mut()
+            .for_each(|r| *r = [Bucket::None; BUCKETS]);
     }
 
     /// Tells the core which outgoing buckets have no descriptors left (per rule bitmaps,
@@ -284,8 +338,16 @@ impl Membership {
         let was_alive = self.alive(p, now_ms);
         {
             let peer = &mut self.peers[p as usize];
+            if ping.state == HostState::Stopped {
+                peer.stopped_code = Some(ping.host_code);
+            } else if peer.stopped_code == Some(ping.host_code) {
+                return;
+            }
             if let Some(last) = &peer.last {
+                // A new instance right after the old one said it stopped is a restart, not
+                // a second host with the same priority.
                 if last.host_code != ping.host_code
+                    && last.state != HostState::Stopped
                     && peer.last_direct_ms.is_some_and(|t| {
                         now_ms.saturating_sub(t) <= self.s.period_ms * self.s.tolerance as u64
                     })
@@ -347,7 +409,13 @@ impl Membership {
 
     /// Our heartbeat, when one is due (every period).
     pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Ping> {
-        if now_ms < self.next_ping_ms || self.state == HostState::Stopped {
+        if self.state == HostState::Stopped {
+            if !std::mem::take(&mut self.farewell) {
+                return None;
+            }
+            return Some(self.ping(now_ms));
+        }
+        if now_ms < self.next_ping_ms {
             return None;
         }
         self.next_ping_ms = now_ms + self.s.period_ms;
@@ -498,9 +566,18 @@ impl Membership {
         let view = self.compute_view(now_ms);
         if view != self.view {
             for p in members_of(self.view & !view) {
-                if p != self.s.priority {
-                    self.events.push_back(Event::HostFailed { priority: p });
+                if p == self.s.priority {
+                    continue;
                 }
+                let left = self.peers[p as usize]
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| l.state == HostState::Stopped);
+                self.events.push_back(if left {
+                    Event::HostLeft { priority: p }
+                } else {
+                    Event::HostFailed { priority: p }
+                });
             }
             self.view = view;
             self.take_over_failed(now_ms);
@@ -568,9 +645,7 @@ impl Membership {
         self.state = if self.draining {
             if self.converged && self.holds_nothing() {
                 self.events.push_back(Event::DrainComplete);
-                self.buckets
-                    .iter_mut()
-                    .for_each(|r| *r = [Bucket::None; BUCKETS]);
+                self.enter_stopped();
                 HostState::Stopped
             } else {
                 HostState::Draining
