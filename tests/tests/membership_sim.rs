@@ -444,7 +444,11 @@ fn a_stopped_host_leaves_at_once_and_rejoins_on_start() {
         for (p, h) in &sim.hosts {
             if *p == stopper {
                 assert!(h.events.contains(&Event::Stopped), "seed {seed}");
-                assert!(h.core.ownership().iter().all(|o| o.owned == 0 && !o.handler));
+                assert!(h
+                    .core
+                    .ownership()
+                    .iter()
+                    .all(|o| o.owned == 0 && !o.handler));
                 continue;
             }
             assert!(
