@@ -22,10 +22,12 @@ use wlbs_dataplane::worker::{
 use crate::cluster::ClusterView;
 use crate::config::{Config, PortSpec};
 use crate::consistency::describe;
+use crate::ctl;
 use crate::heartbeat;
 use crate::membership::wire::{self, DecodeError};
 use crate::membership::{Event, HostState, Membership, Refusal};
 use crate::peers::Peers;
+use crate::verbs;
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
 const CONTROL_TICK: Duration = Duration::from_millis(20);
@@ -277,6 +279,9 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<Summary> {
     let dp = &config.dataplane;
+    // The control socket first: a second appliance with the same socket stops here, before
+    // it touches a port.
+    let mut ctl = ctl::Server::bind(&config.control.socket)?;
     check_hugepages(user_eal_args)?;
     let args = eal_args(user_eal_args, dp.workers);
     let eal = Eal::init(&args).with_context(|| {
@@ -520,7 +525,7 @@ pub fn run(
         }
     }
     info!(
-        "forwarding: {} worker(s) on lcores {:?} ({}); control thread on lcore {} with {}",
+        "forwarding: {} worker(s) on lcores {:?} ({}); control thread on lcore {} with {}; control socket {}",
         dp.workers,
         &lcores[..dp.workers as usize],
         if dp.busy_poll {
@@ -530,6 +535,7 @@ pub fn run(
         },
         eal.main_lcore(),
         control.describe(),
+        ctl.path().display(),
     );
 
     let mut control_counts = ControlCounts::default();
@@ -592,6 +598,29 @@ pub fn run(
                 }
             }
         }
+        ctl.poll(|request| {
+            let cluster = config.cluster.as_ref();
+            let facts = verbs::Facts {
+                now_ms: now,
+                view: view.as_ref(),
+                peers: peers.as_ref(),
+                host_name: &host_name,
+                static_members: cluster.and_then(|c| c.members.clone()),
+                heartbeat_period_ms: cluster.map_or(0, |c| c.heartbeat_period_ms),
+                heartbeat_tolerance: cluster.map_or(0, |c| c.heartbeat_tolerance),
+                descriptors_live: connection_counts.iter().map(|c| c.live()).sum(),
+                heartbeat_late_ms: (!send_jitter.is_empty()).then(|| {
+                    (
+                        send_jitter.value_at_quantile(0.99).saturating_sub(1),
+                        send_jitter.max().saturating_sub(1),
+                    )
+                }),
+            };
+            if request != ctl::Request::Query {
+                info!("control socket: {request:?}");
+            }
+            verbs::answer(request, membership.as_mut(), &facts)
+        });
         let (Some(m), Some(view), Some(table)) =
             (membership.as_mut(), view.as_ref(), published.as_ref())
         else {

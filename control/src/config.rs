@@ -26,6 +26,29 @@ pub struct Config {
     pub host: Option<Host>,
     #[serde(default, rename = "port_rule")]
     pub port_rules: Vec<PortRuleConfig>,
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// `[control]`: how operator verbs reach the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// The local control socket (`wlbs query --socket`); root-only.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Control {
+        Control {
+            socket: default_socket(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::ctl::DEFAULT_SOCKET)
 }
 
 /// `[cluster]`: the addresses every host shares.
@@ -440,6 +463,14 @@ impl Config {
             value,
             allowed,
         };
+        let socket = self.control.socket.as_os_str().len();
+        if socket == 0 || socket > 107 {
+            return Err(invalid(
+                "[control] socket",
+                format!("{:?}", self.control.socket.display().to_string()),
+                "must be a path of 1 to 107 bytes (a Unix socket path)".into(),
+            ));
+        }
         let dp = &self.dataplane;
         if dp.workers == 0 || dp.workers > MAX_WORKERS {
             return Err(invalid(

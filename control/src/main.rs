@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wlbs_control::appliance;
 use wlbs_control::config::Config;
+use wlbs_control::ctl::{self, Request};
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +54,34 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Show this host's state, the members, and every host heard with its buckets.
+    Query(Target),
+    /// Leave the cluster now (connections in progress break; see drainstop).
+    Stop(Target),
+    /// Join the cluster again after stop or drainstop.
+    Start(Target),
+    /// Take no new connections, let the existing ones finish, then stop.
+    Drainstop(Target),
 }
+
+/// Which running appliance a verb talks to.
+#[derive(clap::Args)]
+struct Target {
+    /// The appliance's control socket ([control] socket).
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Read the control socket's path from this configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the answer as JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit status of a verb the appliance refused (e.g. stop while stopped).
+const EXIT_REFUSED: u8 = 1;
+/// Exit status when no appliance answers.
+const EXIT_UNREACHABLE: u8 = 2;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -66,7 +94,57 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let (target, request) = match cli.command {
+        Command::Query(t) => (t, Request::Query),
+        Command::Stop(t) => (t, Request::Stop),
+        Command::Start(t) => (t, Request::Start),
+        Command::Drainstop(t) => (t, Request::Drainstop),
+        other => return run_local(other),
+    };
+    verb(&target, &request)
+}
+
+/// Sends a verb to a running appliance and prints its answer.
+fn verb(target: &Target, request: &Request) -> ExitCode {
+    let socket = match (&target.socket, &target.config) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => match Config::load(c) {
+            Ok(config) => config.control.socket,
+            Err(e) => {
+                eprintln!("wlbs: error: {e}");
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        },
+        (None, None) => PathBuf::from(ctl::DEFAULT_SOCKET),
+    };
+    match ctl::call(&socket, request, std::time::Duration::from_secs(5)) {
+        Ok(answer) => {
+            if target.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&answer).unwrap_or_default()
+                );
+            } else if answer.ok {
+                println!("{}", answer.text);
+            } else {
+                eprintln!("wlbs: {}", answer.text);
+            }
+            if answer.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REFUSED)
+            }
+        }
+        Err(e) => {
+            eprintln!("wlbs: error: {e:#}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// The commands that do their work in this process.
+fn run_local(command: Command) -> ExitCode {
+    let result = match command {
         Command::Run { config, eal } => run(&config, &eal),
         Command::Filter {
             config,
@@ -76,6 +154,9 @@ fn main() -> ExitCode {
             output,
             explain,
         } => filter(&config, members, host, &input, &output, explain),
+        Command::Query(_) | Command::Stop(_) | Command::Start(_) | Command::Drainstop(_) => {
+            unreachable!("verbs go to the appliance")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,6 +107,16 @@ impl Appliance {
     pub fn start(name: &str, config: &str, eal: &[String]) -> Appliance {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("wlbs.toml");
+        // Each appliance its own control socket, so tests run in parallel.
+        let socket = dir.path().join("wlbs.sock");
+        let config = if config.contains("[control]") {
+            config.to_string()
+        } else {
+            format!(
+                "{config}\n[control]\nsocket = {:?}\n",
+                socket.display().to_string()
+            )
+        };
         std::fs::write(&config_path, config).expect("write config");
         let prefix = unique_prefix(name);
         let stderr_path = dir.path().join("stderr.log");
@@ -136,6 +146,28 @@ impl Appliance {
 
     pub fn dir(&self) -> &Path {
         self._dir.path()
+    }
+
+    /// The control socket the helper gave this appliance (unless its config names one).
+    pub fn socket(&self) -> PathBuf {
+        self._dir.path().join("wlbs.sock")
+    }
+
+    /// Runs `wlbs VERB --socket S [ARGS]` against this appliance: exit code, stdout, stderr.
+    pub fn verb(&self, verb: &str, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(wlbs_bin())
+            .arg(verb)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wlbs verb");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// What the child has written to stderr so far.

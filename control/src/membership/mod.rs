@@ -101,6 +101,19 @@ pub enum Event {
     DrainComplete,
 }
 
+/// Another host as this one sees it (for `query`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub priority: u8,
+    pub dedicated_ip: Ipv4Addr,
+    /// The state its last heartbeat reported.
+    pub state: HostState,
+    /// In this host's view (alive and not refused).
+    pub member: bool,
+    pub alive: bool,
+    pub refused: Option<Refusal>,
+}
+
 /// Why a peer is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -219,9 +232,32 @@ impl Membership {
         self.target.as_ref().map(|(_, _, a)| a)
     }
 
-    /// The lowest live member: the default host.
+    /// The default host: the lowest live member that is not draining (per the agreed
+    /// assignment; while none is computed yet, the lowest live member).
     pub fn default_host(&self) -> Option<u8> {
-        self.members().first().copied()
+        match &self.target {
+            Some((_, _, a)) => a.default_host,
+            None => self.members().first().copied(),
+        }
+    }
+
+    /// Every other host heard so far, as its last heartbeat showed it.
+    pub fn peer_status(&self, now_ms: u64) -> Vec<PeerStatus> {
+        (1..=MAX_PRIORITY)
+            .filter(|&p| p != self.s.priority)
+            .filter_map(|p| {
+                let peer = &self.peers[p as usize];
+                let last = peer.last.as_ref()?;
+                Some(PeerStatus {
+                    priority: p,
+                    dedicated_ip: last.dedicated_ip,
+                    state: last.state,
+                    member: self.view & bit(p) != 0,
+                    alive: self.alive(p, now_ms),
+                    refused: peer.refused.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -501,31 +537,28 @@ impl Membership {
     }
 
     /// The members and their parameters, as the assignment takes them.
+    /// The members the assignment shares the traffic among: the view without the members
+    /// that drain (they take nothing new; with every member draining, nobody does).
     fn input(&self) -> Vec<Member> {
         members_of(self.view)
             .into_iter()
-            .map(|p| {
+            .filter_map(|p| {
                 if p == self.s.priority {
-                    self.me_as_member()
-                } else {
-                    let l = self.peers[p as usize]
-                        .last
-                        .as_ref()
-                        .expect("alive peers have pings");
-                    Member {
-                        priority: p,
-                        load_weights: if l.draining {
-                            vec![0; self.s.modes.len()]
-                        } else {
-                            l.load_weights.clone()
-                        },
-                        handling_priorities: l
-                            .handling_priorities
-                            .iter()
-                            .map(|&h| if l.draining || h == 0 { u8::MAX } else { h })
-                            .collect(),
-                    }
+                    return (!self.draining).then(|| self.me_as_member());
                 }
+                let l = self.peers[p as usize]
+                    .last
+                    .as_ref()
+                    .expect("alive peers have pings");
+                (!l.draining).then(|| Member {
+                    priority: p,
+                    load_weights: l.load_weights.clone(),
+                    handling_priorities: l
+                        .handling_priorities
+                        .iter()
+                        .map(|&h| if h == 0 { u8::MAX } else { h })
+                        .collect(),
+                })
             })
             .collect()
     }
@@ -533,16 +566,12 @@ impl Membership {
     fn me_as_member(&self) -> Member {
         Member {
             priority: self.s.priority,
-            load_weights: if self.draining {
-                vec![0; self.s.modes.len()]
-            } else {
-                self.s.load_weights.clone()
-            },
+            load_weights: self.s.load_weights.clone(),
             handling_priorities: self
                 .s
                 .handling_priorities
                 .iter()
-                .map(|&h| if self.draining || h == 0 { u8::MAX } else { h })
+                .map(|&h| if h == 0 { u8::MAX } else { h })
                 .collect(),
         }
     }
@@ -772,16 +801,14 @@ impl Membership {
                             Bucket::Owned
                         }
                     }
-                    (Bucket::Owned | Bucket::Incoming { .. }, false) if to != NOBODY => {
-                        Bucket::Outgoing {
-                            to,
-                            since_ms: now_ms,
-                        }
-                    }
-                    (Bucket::Outgoing { since_ms, .. }, false) if to != NOBODY => {
-                        Bucket::Outgoing { to, since_ms }
-                    }
-                    (Bucket::Reclaiming { .. }, false) if to != NOBODY => Bucket::Outgoing {
+                    // Moving away, also to nobody (every member draining): our connections
+                    // finish here first.
+                    (Bucket::Owned | Bucket::Incoming { .. }, false) => Bucket::Outgoing {
+                        to,
+                        since_ms: now_ms,
+                    },
+                    (Bucket::Outgoing { since_ms, .. }, false) => Bucket::Outgoing { to, since_ms },
+                    (Bucket::Reclaiming { .. }, false) => Bucket::Outgoing {
                         to,
                         since_ms: now_ms,
                     },

@@ -19,6 +19,30 @@ impl HostState {
         matches!(self, HostState::Converged | HostState::ConvergedDefault)
     }
 
+    /// As `query` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostState::Converging => "converging",
+            HostState::Converged => "converged",
+            HostState::ConvergedDefault => "converged as DEFAULT",
+            HostState::Draining => "draining",
+            HostState::Stopped => "stopped",
+            HostState::Suspended => "suspended",
+        }
+    }
+
+    /// For scripts (`--json`).
+    pub fn key(self) -> &'static str {
+        match self {
+            HostState::Converging => "converging",
+            HostState::Converged => "converged",
+            HostState::ConvergedDefault => "converged_default",
+            HostState::Draining => "draining",
+            HostState::Stopped => "stopped",
+            HostState::Suspended => "suspended",
+        }
+    }
+
     /// NLB's return code for the state.
     pub fn nlb_code(self) -> u32 {
         match self {

@@ -1,0 +1,142 @@
+//! The operator verbs against a running appliance over its control socket: `query` (text and
+//! `--json`), `stop`, `start`, `drainstop`, and the exit statuses scripts test.
+
+use std::time::Duration;
+
+use wlbs_tests::Appliance;
+
+const CONFIG: &str = r#"
+[dataplane]
+cluster_port = "net_pcap0"
+host_port = "net_pcap1"
+
+[cluster]
+ip = "192.0.2.10"
+heartbeat_period_ms = 100
+
+[host]
+priority = 1
+dedicated_ip = "192.0.2.11"
+
+[[port_rule]]
+ports = "80"
+protocol = "tcp"
+"#;
+
+fn start(name: &str) -> (Appliance, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    wlbs_control::pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
+    let eal = vec![
+        "--vdev".to_string(),
+        format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}",
+            p("empty.pcap"),
+            p("c.pcap")
+        ),
+        "--vdev".to_string(),
+        format!(
+            "net_pcap1,rx_pcap={},tx_pcap={}",
+            p("empty.pcap"),
+            p("h.pcap")
+        ),
+    ];
+    let mut app = Appliance::start(name, CONFIG, &eal);
+    assert!(
+        app.wait_for("converged with hosts {1}", Duration::from_secs(30)),
+        "{}",
+        app.stderr()
+    );
+    (app, dir)
+}
+
+fn json(app: &Appliance, verb: &str) -> serde_json::Value {
+    let (code, out, err) = app.verb(verb, &["--json"]);
+    assert_eq!(code, Some(0), "{verb}: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    v["data"].clone()
+}
+
+fn wait_state(app: &Appliance, state: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let q = json(app, "query");
+        if q["state"] == state {
+            return q;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("never reached {state}: {}", app.stderr());
+}
+
+#[test]
+fn query_stop_start_and_drainstop_over_the_control_socket() {
+    let (app, _dir) = start("verbs");
+    // query: NLB's words and code, this host with its buckets.
+    let (code, text, _) = app.verb("query", &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.starts_with("host 1 converged as DEFAULT (1008) with hosts {1}; cluster 192.0.2.10"),
+        "{text}"
+    );
+    let q = json(&app, "query");
+    assert_eq!(q["code"], 1008);
+    assert_eq!(q["members"], serde_json::json!([1]));
+    assert_eq!(q["hosts"][0]["dedicated_ip"], "192.0.2.11");
+    assert_eq!(q["hosts"][0]["buckets"], serde_json::json!([60]));
+
+    // stop, and stop again: refused, exit status 1.
+    let s = json(&app, "stop");
+    assert_eq!(s["state"], "stopped");
+    assert_eq!(s["code"], 1005);
+    let (code, _, err) = app.verb("stop", &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already stopped"), "{err}");
+    let q = json(&app, "query");
+    assert_eq!(q["hosts"][0]["buckets"], serde_json::json!([0]));
+
+    // start: converges again.
+    json(&app, "start");
+    let q = wait_state(&app, "converged_default");
+    assert_eq!(q["hosts"][0]["buckets"], serde_json::json!([60]));
+
+    // drainstop with no connections: stopped by itself.
+    let d = json(&app, "drainstop");
+    assert_eq!(d["code"], 1009);
+    wait_state(&app, "stopped");
+    assert!(
+        app.stderr().contains("drainstop complete"),
+        "{}",
+        app.stderr()
+    );
+
+    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+}
+
+#[test]
+fn no_appliance_means_exit_two_and_a_second_one_on_the_socket_is_refused() {
+    let out = std::process::Command::new(wlbs_tests::wlbs_bin())
+        .args(["query", "--socket", "/nonexistent/wlbs.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no wlbs appliance answers"));
+
+    let (app, _dir) = start("verbs-two");
+    let config = format!(
+        "{CONFIG}\n[control]\nsocket = {:?}\n",
+        app.socket().display().to_string()
+    );
+    let second = Appliance::start("verbs-second", &config, &[]);
+    let exit = second.wait_exit(Duration::from_secs(20));
+    assert_eq!(exit.code, Some(1), "{}", exit.stderr);
+    assert!(
+        exit.stderr
+            .contains("another wlbs appliance is running there"),
+        "{}",
+        exit.stderr
+    );
+    // The first one still answers.
+    assert_eq!(json(&app, "query")["code"], 1008);
+}
