@@ -347,6 +347,8 @@ fn converged(seed: u64, n: u8, modes: Vec<Mode>) -> Sim {
 
 #[test]
 fn a_failed_host_is_replaced_within_tolerance_plus_three_periods() {
+    let mut recovery = Vec::new();
+    let mut convergence = Vec::new();
     for seed in seeds(500) {
         let mut rng = Rng::new(seed ^ 0xfa11);
         let n = 2 + rng.below(7) as u8;
@@ -356,8 +358,16 @@ fn a_failed_host_is_replaced_within_tolerance_plus_three_periods() {
         let crashed_at = sim.now;
         let deadline = crashed_at + (TOLERANCE as u64 + 3) * PERIOD;
         let mut recovered_at = None;
+        let mut converged_at = None;
         sim.run(deadline + 10 * PERIOD, |s| {
             s.assert_one_new_connection_taker(seed);
+            if converged_at.is_none()
+                && s.hosts
+                    .values()
+                    .all(|h| h.core.is_converged() && !h.core.members().contains(&victim))
+            {
+                converged_at = Some(s.now);
+            }
             if recovered_at.is_none() {
                 // What a client notices: new connections to every bucket succeed again.
                 let all_converged = s
@@ -377,6 +387,10 @@ fn a_failed_host_is_replaced_within_tolerance_plus_three_periods() {
         });
         let at = recovered_at
             .unwrap_or_else(|| panic!("seed {seed}: never recovered from host {victim} failing"));
+        recovery.push(at - crashed_at);
+        if let Some(c) = converged_at {
+            convergence.push(c - crashed_at);
+        }
         assert!(
             at <= deadline,
             "seed {seed}: recovered {} ms after host {victim} failed, bound {} ms",
@@ -386,6 +400,17 @@ fn a_failed_host_is_replaced_within_tolerance_plus_three_periods() {
         sim.run(sim.now + CLEANUP + 20 * PERIOD, |_| {});
         sim.assert_quiescent(seed);
     }
+    recovery.sort_unstable();
+    convergence.sort_unstable();
+    let pct = |v: &[u64], q: usize| v.get(v.len().saturating_sub(1) * q / 100).copied();
+    eprintln!(
+        "failover over {} seeds (period {PERIOD} ms, tolerance {TOLERANCE}): buckets covered again p50 {:?} max {:?} ms; all converged without the failed host p50 {:?} max {:?} ms",
+        recovery.len(),
+        pct(&recovery, 50),
+        recovery.last(),
+        pct(&convergence, 50),
+        convergence.last()
+    );
 }
 
 #[test]
