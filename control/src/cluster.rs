@@ -68,8 +68,16 @@ impl ClusterView {
 
     /// What every member must share: cluster addresses, port rules, heartbeat period.
     pub fn shared_config(&self, config: &Config) -> SharedConfig {
-        let period = config.cluster.as_ref().map_or(0, |c| c.heartbeat_period_ms);
-        SharedConfig::new(&self.spec, period)
+        let cluster = config
+            .cluster
+            .as_ref()
+            .expect("a cluster view has a [cluster]");
+        SharedConfig::new(
+            &self.spec,
+            cluster.heartbeat_period_ms,
+            cluster.mode.0,
+            cluster.cluster_mac(),
+        )
     }
 
     /// The membership core's settings for this host. `host_code` tells this instance apart

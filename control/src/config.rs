@@ -80,6 +80,83 @@ pub struct Cluster {
     /// File with the cluster key (at least 16 bytes): heartbeats are signed with
     /// HMAC-SHA256 and unsigned or replayed ones refused. Unset: unauthenticated, as NLB.
     pub key_file: Option<PathBuf>,
+    /// How the hosts share the cluster IP's MAC: unicast, multicast or igmp.
+    #[serde(default)]
+    pub mode: ModeSetting,
+    /// The cluster MAC: "auto" (derived from the cluster IP per mode) or a MAC.
+    #[serde(default)]
+    pub mac: ClusterMacSetting,
+    /// IGMP version of the membership reports in igmp mode: 1 or 2.
+    #[serde(default = "default_igmp_version")]
+    pub igmp_version: u8,
+    /// Unicast mode: every frame leaving the cluster port carries the masked source MAC
+    /// 02-<priority>-a-b-c-d, so the switch never learns the cluster MAC.
+    #[serde(default = "default_true")]
+    pub mask_source_mac: bool,
+    /// Multicast modes: ARP answers map the VIPs to the cluster MAC (NLB's MulticastSpoof);
+    /// false: to the port's own MAC.
+    #[serde(default = "default_true")]
+    pub multicast_spoof: bool,
+}
+
+fn default_igmp_version() -> u8 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[cluster] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModeSetting(pub crate::macs::MacMode);
+
+impl<'de> Deserialize<'de> for ModeSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(ModeSetting).map_err(|_| {
+            de::Error::invalid_value(
+                de::Unexpected::Str(&s),
+                &"\"unicast\", \"multicast\" or \"igmp\"",
+            )
+        })
+    }
+}
+
+/// `[cluster] mac`: derived from the cluster IP, or given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterMacSetting {
+    #[default]
+    Auto,
+    Given(EthernetAddress),
+}
+
+impl<'de> Deserialize<'de> for ClusterMacSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "auto" {
+            return Ok(ClusterMacSetting::Auto);
+        }
+        s.parse::<EthernetAddress>()
+            .map(ClusterMacSetting::Given)
+            .map_err(|_| {
+                de::Error::invalid_value(
+                    de::Unexpected::Str(&s),
+                    &"\"auto\" or a MAC address such as \"02:bf:c0:00:02:0a\"",
+                )
+            })
+    }
+}
+
+impl Cluster {
+    /// The cluster MAC in effect: the given one, or NLB's for the mode and cluster IP.
+    pub fn cluster_mac(&self) -> EthernetAddress {
+        match self.mac {
+            ClusterMacSetting::Given(mac) => mac,
+            ClusterMacSetting::Auto => {
+                crate::macs::ClusterMacs::new(self.ip).cluster_mac(self.mode.0)
+            }
+        }
+    }
 }
 
 fn default_period() -> u32 {
@@ -620,6 +697,32 @@ impl Config {
                     "must be a unicast address of this host, not a virtual IP".into(),
                 ));
             }
+        }
+        if let ClusterMacSetting::Given(mac) = cluster.mac {
+            let multicast_mode = cluster.mode.0 != crate::macs::MacMode::Unicast;
+            if mac.is_multicast() != multicast_mode || mac == EthernetAddress::BROADCAST {
+                return Err(invalid(
+                    "[cluster] mac".into(),
+                    format!("{:?}", mac.to_string()),
+                    format!(
+                        "must be a {} MAC in {} mode (\"auto\" derives {})",
+                        if multicast_mode {
+                            "multicast"
+                        } else {
+                            "unicast"
+                        },
+                        cluster.mode.0,
+                        crate::macs::ClusterMacs::new(cluster.ip).cluster_mac(cluster.mode.0)
+                    ),
+                ));
+            }
+        }
+        if !(1..=2).contains(&cluster.igmp_version) {
+            return Err(invalid(
+                "[cluster] igmp_version".into(),
+                cluster.igmp_version.to_string(),
+                "must be 1 or 2".into(),
+            ));
         }
         if !(100..=10_000).contains(&cluster.heartbeat_period_ms) {
             return Err(invalid(

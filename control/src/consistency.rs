@@ -11,7 +11,8 @@
 //! TLVs (after the identity heartbeat's host name; one byte type, one byte length):
 //!
 //! ```text
-//! 0x82 cluster  cluster IP (4), heartbeat period in ms (u32 LE), port rule count (1)
+//! 0x82 cluster  cluster IP (4), heartbeat period in ms (u32 LE), port rule count (1),
+//!               mode (1: 1 unicast, 2 multicast, 3 igmp), cluster MAC (6)
 //! 0x83 vip      one extra virtual IP: 4 or 16 bytes
 //! 0x84 rule     index (1, from 0), vip (1 byte kind: 0 all, 4 or 6, then 0/4/16 bytes),
 //!               first port (u16 LE), last port (u16 LE), protocol (1: 1 tcp, 2 udp, 3 both),
@@ -26,6 +27,11 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use wlbs_dataplane::filter::{Affinity, FilterSpec, Mode, PortRule, Protocol, RuleVip};
+use wlbs_dataplane::wire::EthernetAddress;
+
+use crate::macs::MacMode;
+
+const CLUSTER_TLV_LEN: usize = 16;
 
 /// Identity TLV type: the cluster-wide settings.
 pub const TLV_CLUSTER: u8 = 0x82;
@@ -42,6 +48,8 @@ pub struct SharedConfig {
     pub vips: Vec<IpAddr>,
     pub heartbeat_period_ms: u32,
     pub rules: Vec<PortRule>,
+    pub mode: MacMode,
+    pub cluster_mac: EthernetAddress,
 }
 
 /// A TLV that is not a valid part of a shared configuration.
@@ -53,8 +61,15 @@ pub struct TlvError {
 }
 
 impl SharedConfig {
-    pub fn new(spec: &FilterSpec, heartbeat_period_ms: u32) -> SharedConfig {
+    pub fn new(
+        spec: &FilterSpec,
+        heartbeat_period_ms: u32,
+        mode: MacMode,
+        cluster_mac: EthernetAddress,
+    ) -> SharedConfig {
         SharedConfig {
+            mode,
+            cluster_mac,
             cluster_ip: spec.cluster_ip,
             vips: spec
                 .vips
@@ -73,6 +88,12 @@ impl SharedConfig {
         let mut cluster = self.cluster_ip.octets().to_vec();
         cluster.extend_from_slice(&self.heartbeat_period_ms.to_le_bytes());
         cluster.push(self.rules.len() as u8);
+        cluster.push(match self.mode {
+            MacMode::Unicast => 1,
+            MacMode::Multicast => 2,
+            MacMode::Igmp => 3,
+        });
+        cluster.extend_from_slice(&self.cluster_mac.0);
         tlvs.push((TLV_CLUSTER, cluster));
         for vip in &self.vips {
             tlvs.push((TLV_VIP, ip_bytes(*vip)));
@@ -99,10 +120,20 @@ impl SharedConfig {
             };
             match kind {
                 TLV_CLUSTER => {
-                    if value.len() != 9 || shared.is_some() {
+                    if value.len() != CLUSTER_TLV_LEN || shared.is_some() {
                         return Err(bad());
                     }
+                    let mode = match value[9] {
+                        1 => MacMode::Unicast,
+                        2 => MacMode::Multicast,
+                        3 => MacMode::Igmp,
+                        _ => return Err(bad()),
+                    };
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&value[10..16]);
                     shared = Some(SharedConfig {
+                        mode,
+                        cluster_mac: EthernetAddress(mac),
                         cluster_ip: Ipv4Addr::new(value[0], value[1], value[2], value[3]),
                         vips: Vec::new(),
                         heartbeat_period_ms: u32::from_le_bytes([
@@ -129,7 +160,7 @@ impl SharedConfig {
         if rules.len() != rule_count {
             return Err(TlvError {
                 kind: TLV_CLUSTER,
-                len: 9,
+                len: CLUSTER_TLV_LEN,
             });
         }
         shared.vips = vips;
@@ -166,6 +197,16 @@ impl SharedConfig {
             "cluster IP".into(),
             self.cluster_ip.to_string(),
             theirs.cluster_ip.to_string(),
+        );
+        field(
+            "cluster mode".into(),
+            self.mode.to_string(),
+            theirs.mode.to_string(),
+        );
+        field(
+            "cluster MAC".into(),
+            self.cluster_mac.to_string(),
+            theirs.cluster_mac.to_string(),
         );
         field("virtual IPs".into(), list(&self.vips), list(&theirs.vips));
         field(
@@ -211,19 +252,38 @@ pub struct Difference {
     pub there: String,
 }
 
+impl Difference {
+    /// What the difference means in NLB's field problems (the "IP address conflict" of
+    /// KB Q193598), when it is one of them.
+    pub fn diagnosis(&self) -> Option<&'static str> {
+        match self.what.as_str() {
+            "cluster IP" => Some("cluster IP mismatch: the hosts were given different cluster IPs (KB Q193598, cause 1); configure the same [cluster] ip on every host"),
+            "cluster MAC" => Some("cluster MAC mismatch: the hosts were given different cluster MACs (KB Q193598, cause 2); configure the same [cluster] mac on every host (\"auto\" derives it from the cluster IP)"),
+            "cluster mode" => Some("mode mismatch: some hosts run unicast and others multicast, so the switch and the clients see two cluster MACs; configure the same [cluster] mode on every host"),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} here, {} there", self.what, self.here, self.there)
     }
 }
 
-/// The differences as one phrase: "rule 2: ports 80-80 here, 80-81 there; heartbeat ...".
+/// The differences as one phrase: "rule 2: ports 80-80 here, 80-81 there; heartbeat ...",
+/// followed by what the known field problems among them mean.
 pub fn describe(differences: &[Difference]) -> String {
-    differences
+    let mut out = differences
         .iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    for diagnosis in differences.iter().filter_map(Difference::diagnosis) {
+        out.push_str(". ");
+        out.push_str(diagnosis);
+    }
+    out
 }
 
 const FNV_OFFSET: u32 = 0x811c_9dc5;
@@ -396,6 +456,8 @@ mod tests {
                 "198.51.100.7".parse().unwrap(),
             ],
             heartbeat_period_ms: 100,
+            mode: crate::macs::MacMode::Unicast,
+            cluster_mac: wlbs_dataplane::wire::EthernetAddress([0x02, 0xbf, 192, 0, 2, 10]),
             rules: vec![
                 rule(80, 80),
                 PortRule {
@@ -456,8 +518,21 @@ mod tests {
         there.vips.clear();
         assert_eq!(
             describe(&here.differences(&there)),
-            "cluster IP 192.0.2.10 here, 192.0.2.11 there; virtual IPs 2001:db8::10,198.51.100.7 here, none there; port rules 3 here, 2 there"
+            "cluster IP 192.0.2.10 here, 192.0.2.11 there; virtual IPs 2001:db8::10,198.51.100.7 here, none there; port rules 3 here, 2 there. cluster IP mismatch: the hosts were given different cluster IPs (KB Q193598, cause 1); configure the same [cluster] ip on every host"
         );
+        let d = here.differences(&there);
+        assert!(d[0].diagnosis().unwrap().contains("KB Q193598, cause 1"));
+        assert_eq!(d[1].diagnosis(), None);
+        let mut other_mode = shared();
+        other_mode.mode = MacMode::Multicast;
+        other_mode.cluster_mac = EthernetAddress([0x03, 0xbf, 192, 0, 2, 10]);
+        let d = here.differences(&other_mode);
+        assert_eq!(
+            describe(&d),
+            "cluster mode unicast here, multicast there; cluster MAC 02:bf:c0:00:02:0a here, 03:bf:c0:00:02:0a there. mode mismatch: some hosts run unicast and others multicast, so the switch and the clients see two cluster MACs; configure the same [cluster] mode on every host. cluster MAC mismatch: the hosts were given different cluster MACs (KB Q193598, cause 2); configure the same [cluster] mac on every host (\"auto\" derives it from the cluster IP)"
+        );
+        assert!(d[0].diagnosis().unwrap().starts_with("mode mismatch"));
+        assert!(d[1].diagnosis().unwrap().contains("cause 2"));
     }
 
     #[test]
@@ -493,17 +568,15 @@ mod tests {
         // A rule missing: the count in the cluster TLV no longer matches.
         tlvs.pop();
         assert!(SharedConfig::from_tlvs(tlvs.iter().map(|(k, v)| (*k, v.as_slice()))).is_err());
-        let bad: [(u8, &[u8]); 2] = [
-            (TLV_CLUSTER, &[192, 0, 2, 10, 100, 0, 0, 0, 1]),
-            (TLV_RULE, &[0, 9]),
-        ];
+        const CLUSTER: [u8; 16] = [192, 0, 2, 10, 100, 0, 0, 0, 1, 1, 2, 0xbf, 192, 0, 2, 10];
+        let bad: [(u8, &[u8]); 2] = [(TLV_CLUSTER, &CLUSTER), (TLV_RULE, &[0, 9])];
         assert!(SharedConfig::from_tlvs(bad).is_err());
         let unknown_protocol = [0u8, 0, 80, 0, 80, 0, 7, 1, 1];
-        let bad: [(u8, &[u8]); 2] = [
-            (TLV_CLUSTER, &[192, 0, 2, 10, 100, 0, 0, 0, 1]),
-            (TLV_RULE, &unknown_protocol),
-        ];
+        let bad: [(u8, &[u8]); 2] = [(TLV_CLUSTER, &CLUSTER), (TLV_RULE, &unknown_protocol)];
         assert!(SharedConfig::from_tlvs(bad).is_err());
+        let mut unknown_mode = CLUSTER;
+        unknown_mode[9] = 9;
+        assert!(SharedConfig::from_tlvs([(TLV_CLUSTER, &unknown_mode[..])]).is_err());
         // No cluster TLV: nothing described (a host name only).
         let none: [(u8, &[u8]); 1] = [(0x81, b"h1")];
         assert_eq!(SharedConfig::from_tlvs(none), Ok(None));

@@ -54,6 +54,15 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Print the cluster MACs of a cluster IP (unicast, multicast, IGMP), its IGMP group, and
+    /// the static ARP and MAC-table lines routers and switches need in the multicast modes.
+    Ip2mac {
+        /// The cluster IP, e.g. 192.0.2.10.
+        ip: std::net::Ipv4Addr,
+        /// Extra IPv4 VIPs that share the cluster MAC (static ARP lines for each).
+        #[arg(long, value_delimiter = ',')]
+        vips: Vec<std::net::Ipv4Addr>,
+    },
     /// Show this host's state, the members, and every host heard with its buckets.
     Query(Target),
     /// Leave the cluster now (connections in progress break; see drainstop).
@@ -154,6 +163,10 @@ fn run_local(command: Command) -> ExitCode {
             output,
             explain,
         } => filter(&config, members, host, &input, &output, explain),
+        Command::Ip2mac { ip, vips } => {
+            print!("{}", wlbs_control::macs::ip2mac_report(ip, &vips));
+            Ok(())
+        }
         Command::Query(_) | Command::Stop(_) | Command::Start(_) | Command::Drainstop(_) => {
             unreachable!("verbs go to the appliance")
         }

@@ -124,6 +124,8 @@ mod tests {
             cluster_ip: Ipv4Addr::new(192, 0, 2, 10),
             vips: vec![],
             heartbeat_period_ms: 100,
+            mode: crate::macs::MacMode::Unicast,
+            cluster_mac: wlbs_dataplane::wire::EthernetAddress([0x02, 0xbf, 192, 0, 2, 10]),
             rules: vec![PortRule {
                 vip: RuleVip::All,
                 first_port: 80,

@@ -319,6 +319,24 @@ impl Port {
         check("rte_eth_allmulticast_enable/disable", ret).map(|_| ())
     }
 
+    pub fn allmulticast(&self) -> bool {
+        // SAFETY: valid port.
+        unsafe { dpdk_sys::rte_eth_allmulticast_get(self.id) == 1 }
+    }
+
+    /// Replaces the port's list of multicast MAC filters.
+    pub fn set_multicast_list(&mut self, macs: &[[u8; 6]]) -> Result<()> {
+        let mut list: Vec<dpdk_sys::rte_ether_addr> = macs
+            .iter()
+            .map(|m| dpdk_sys::rte_ether_addr { addr_bytes: *m })
+            .collect();
+        // SAFETY: valid port; the list lives across the call, its length is passed.
+        check("rte_eth_dev_set_mc_addr_list", unsafe {
+            dpdk_sys::rte_eth_dev_set_mc_addr_list(self.id, list.as_mut_ptr(), list.len() as u32)
+        })?;
+        Ok(())
+    }
+
     pub fn stats(&self) -> Result<PortStats> {
         port_stats(self.id)
     }

@@ -485,6 +485,8 @@ mod tests {
             cluster_ip: Ipv4Addr::new(192, 0, 2, 10),
             vips: vec![],
             heartbeat_period_ms: 1000,
+            mode: crate::macs::MacMode::Unicast,
+            cluster_mac: wlbs_dataplane::wire::EthernetAddress([0x02, 0xbf, 192, 0, 2, 10]),
             rules: vec![wlbs_dataplane::filter::PortRule::nlb_default()],
         };
         let repr = IdentityRepr {
@@ -545,7 +547,7 @@ mod tests {
         let mut broken = identity_frame(None);
         let at = broken
             .windows(2)
-            .position(|w| w == [crate::consistency::TLV_CLUSTER, 9])
+            .position(|w| w == [crate::consistency::TLV_CLUSTER, 16])
             .unwrap();
         broken[at + 1 + 9] = 0; // the rule count no longer matches
         assert!(matches!(
