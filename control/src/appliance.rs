@@ -16,16 +16,22 @@ use wlbs_dataplane::conn::{ConnectionCounts, Timeouts};
 use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
 use wlbs_dataplane::wire::EthernetAddress;
 use wlbs_dataplane::worker::{
-    self, ControlChannel, FilterWorker, HostMac, Idle, WorkerCounters, WorkerQueues, WorkerReport,
+    self, ControlChannel, FilterWorker, HostMac, Idle, MacPolicy, WorkerCounters, WorkerQueues,
+    WorkerReport,
 };
 
 use crate::cluster::ClusterView;
+use crate::config::ClusterMacSetting;
 use crate::config::{Config, PortSpec};
 use crate::consistency::describe;
 use crate::ctl;
+use crate::diagnostics::Diagnostics;
 use crate::heartbeat;
+use crate::macfilter::{self, MacPort};
+use crate::macs::{ClusterMacs, IgmpVersion, MacMode};
 use crate::membership::wire::{self, DecodeError};
 use crate::membership::{Event, HostState, Membership, Refusal};
+use crate::neighbour::{Diagnostic, HostFrame, Neighbour, NeighbourConfig};
 use crate::peers::Peers;
 use crate::verbs;
 
@@ -409,6 +415,35 @@ pub fn run(
     host.start()
         .with_context(|| format!("starting the host port {}", host.name()))?;
 
+    // A bump in the wire: the host port sends whatever the host side sends (to any MAC), and
+    // the cluster port receives the frames for the host side's own MAC as well as the
+    // cluster MAC.
+    if let Err(e) = host.set_promiscuous(true) {
+        warn!(
+            "host port {}: promiscuous mode refused ({e}): only frames for the port's own MAC will reach the cluster",
+            host.name()
+        );
+    }
+    let mut diagnostics = Diagnostics::default();
+    let mac_plan = match (config.cluster.as_ref(), config.host.as_ref()) {
+        (Some(c), Some(h)) => Some(program_cluster_port(
+            &mut cluster,
+            c,
+            h,
+            dp,
+            &mut diagnostics,
+        )?),
+        _ => {
+            if let Err(e) = cluster.set_promiscuous(true) {
+                warn!(
+                    "cluster port {}: promiscuous mode refused ({e})",
+                    cluster.name()
+                );
+            }
+            None
+        }
+    };
+
     // The filter: this host's table from the configuration and static membership.
     let view = ClusterView::from_config(config);
     let epoch = Instant::now();
@@ -475,6 +510,7 @@ pub fn run(
                 connection_counts.push(filter.connection_counts());
                 let control = Arc::new(ControlChannel::new(CONTROL_RING));
                 control_channels.push(Arc::clone(&control));
+                let plan = mac_plan.as_ref().expect("a cluster member has a MAC plan");
                 FilterWorker {
                     counters: filter.counters(),
                     filter,
@@ -483,6 +519,10 @@ pub fn run(
                     tsc_per_ms,
                     last_sweep_ms: 0,
                     control,
+                    mac: MacPolicy {
+                        cluster_mac: plan.cluster_mac.0,
+                        masked_source: plan.masked_source.map(|m| m.0),
+                    },
                 }
             })
         })
@@ -541,15 +581,32 @@ pub fn run(
     let mut control_counts = ControlCounts::default();
     let mut generation = 1u64;
     let mut published_state = None;
-    let heartbeat_source = view.as_ref().map(|v| {
-        let ip = v.spec.cluster_ip.octets();
-        // The masked source NLB uses in unicast mode: 02-<priority>-<cluster IP>.
-        EthernetAddress([0x02, v.priority, ip[0], ip[1], ip[2], ip[3]])
-    });
+    // Heartbeats leave from the masked MAC in unicast mode (the port's own otherwise), to the
+    // broadcast address in unicast mode and to the cluster MAC in the multicast modes.
+    let heartbeat_source = mac_plan
+        .as_ref()
+        .map(|p| p.source)
+        .unwrap_or(EthernetAddress::BROADCAST);
+    let heartbeat_dest = mac_plan
+        .as_ref()
+        .map(|p| p.heartbeat_destination)
+        .unwrap_or(EthernetAddress::BROADCAST);
+    let mut neighbour = mac_plan
+        .as_ref()
+        .map(|p| Neighbour::new(p.neighbour.clone(), now_ms()));
+    let mut leaks_seen = 0u64;
+    let mut control_tx = ControlTx {
+        cluster: control.cluster_tx,
+        host: control.host_tx,
+    };
+    if let Some(n) = neighbour.as_ref() {
+        for frame in n.start_frames() {
+            control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame);
+        }
+    }
     let shared = view.as_ref().map(|v| v.shared_config(config));
     let rule_codes = shared.as_ref().map(|s| s.rule_codes()).unwrap_or_default();
     let mut peers = shared.clone().map(Peers::new);
-    let mut cluster_tx = control.cluster_tx;
     // Heartbeat send delay against schedule, in ms (1 ms resolution: the control loop's).
     let mut send_jitter =
         Histogram::<u64>::new_with_bounds(1, 60_000, 2).expect("static histogram bounds");
@@ -575,8 +632,28 @@ pub fn run(
         };
         std::thread::sleep(tick);
         let now = now_ms();
+        let mut peers_changed = false;
         for ch in &control_channels {
             while let Some(frame) = ch.ring.pop() {
+                if !worker::is_nlb_frame(frame.data()) {
+                    // ARP, neighbour discovery, IGMP from the wire.
+                    let Some(n) = neighbour.as_mut() else {
+                        continue;
+                    };
+                    let outcome = n.on_cluster_frame(frame.data(), now);
+                    for d in &outcome.diagnostics {
+                        if diagnostics.report(d, now) {
+                            warn!("{d}");
+                        }
+                    }
+                    for answer in &outcome.transmit {
+                        control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], answer);
+                    }
+                    if outcome.pass_to_host {
+                        control_tx.send_mbuf(Side::Host, &control_channels[0], frame);
+                    }
+                    continue;
+                }
                 let auth = key.as_ref().map(|k| (k, &mut replay));
                 let (Some(from), Some(m), Some(peers)) = (
                     control_counts.take(frame.data(), auth),
@@ -587,13 +664,70 @@ pub fn run(
                 };
                 match from {
                     FromPeer::Ping(d) => {
-                        peers.heard(d.ping.priority, d.ping.dedicated_ip, d.src);
+                        peers_changed |= peers.heard(d.ping.priority, d.ping.dedicated_ip, d.src);
                         m.handle_ping(now, &d.ping);
                     }
                     FromPeer::Identity(id) => {
                         if let Some(line) = peers.identity(&id) {
                             warn!("{line}");
                         }
+                    }
+                }
+            }
+        }
+        if let (Some(n), Some(plan)) = (neighbour.as_mut(), mac_plan.as_ref()) {
+            // ARP and neighbour discovery from the host side: never an answer for a VIP.
+            for ch in &control_channels {
+                while let Some(mut frame) = ch.host_ring.pop() {
+                    match n.on_host_frame(frame.data()) {
+                        HostFrame::Pass => {
+                            plan.mask(frame.data_mut());
+                            control_tx.send_mbuf(Side::Cluster, &control_channels[0], frame);
+                        }
+                        HostFrame::Drop => {}
+                        HostFrame::Rewrite(mut bytes) => {
+                            plan.mask(&mut bytes);
+                            control_tx.send_bytes(
+                                &pool,
+                                Side::Cluster,
+                                &control_channels[0],
+                                &bytes,
+                            );
+                        }
+                    }
+                }
+            }
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                for frame in n.handle_timeout(now) {
+                    control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame);
+                }
+            }
+            if peers_changed {
+                if let Some(peers) = peers.as_ref() {
+                    let ips: Vec<std::net::Ipv4Addr> =
+                        peers.iter().filter_map(|(_, p)| p.dedicated_ip).collect();
+                    n.set_peer_dedicated_ips(&ips);
+                }
+            }
+            // Frames seen with the cluster MAC as their source (counted by the workers).
+            if plan.masked_source.is_some() {
+                let leaks: u64 = control_channels
+                    .iter()
+                    .map(|c| c.cluster_mac_leaks.load(Ordering::Relaxed))
+                    .sum();
+                if leaks > leaks_seen {
+                    leaks_seen = leaks;
+                    let sender = control_channels
+                        .iter()
+                        .map(|c| c.last_leak_sender.load(Ordering::Relaxed) as u32)
+                        .find(|&ip| ip != 0)
+                        .map(|ip| std::net::IpAddr::V4(ip.into()));
+                    let d = Diagnostic::ClusterMacLeaked {
+                        mac: plan.cluster_mac,
+                        sender_ip: sender,
+                    };
+                    if diagnostics.report(&d, now) {
+                        warn!("{d} ({leaks} such frame(s) so far)");
                     }
                 }
             }
@@ -609,6 +743,8 @@ pub fn run(
                 heartbeat_period_ms: cluster.map_or(0, |c| c.heartbeat_period_ms),
                 heartbeat_tolerance: cluster.map_or(0, |c| c.heartbeat_tolerance),
                 descriptors_live: connection_counts.iter().map(|c| c.live()).sum(),
+                diagnostics: &diagnostics,
+                mac: mac_plan.as_ref().map(|p| p.describe.as_str()),
                 heartbeat_late_ms: (!send_jitter.is_empty()).then(|| {
                     (
                         send_jitter.value_at_quantile(0.99).saturating_sub(1),
@@ -647,14 +783,14 @@ pub fn run(
                 &ping,
                 view.spec.cluster_ip,
                 &rule_codes,
-                heartbeat_source.unwrap_or(EthernetAddress::BROADCAST),
-                EthernetAddress::BROADCAST,
+                heartbeat_source,
+                heartbeat_dest,
                 key.as_ref().map(|k| {
                     sequence += 1;
                     (k, sequence)
                 }),
             );
-            send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame);
+            control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame);
         }
         while let Some(event) = m.poll_event() {
             // A refused or new peer hears our identity (with our configuration) soon, so it
@@ -686,15 +822,15 @@ pub fn run(
             match wire::encode_identity(
                 &identity,
                 shared,
-                heartbeat_source.unwrap_or(EthernetAddress::BROADCAST),
-                EthernetAddress::BROADCAST,
+                heartbeat_source,
+                heartbeat_dest,
                 key.as_ref().map(|k| {
                     sequence += 1;
                     (k, sequence)
                 }),
             ) {
                 Ok(frame) => {
-                    send_control_frame(&pool, cluster_tx.as_mut(), &control_channels[0], &frame)
+                    control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame)
                 }
                 Err(e) => warn!("identity heartbeat not sent: {e}"),
             }
@@ -715,6 +851,16 @@ pub fn run(
         }
     }
 
+    if let Some(n) = neighbour.as_ref() {
+        let leave = n.stop_frames();
+        for frame in &leave {
+            control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], frame);
+        }
+        if !leave.is_empty() {
+            // Worker 0 may be the one to send them.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     worker_stop.store(true, Ordering::SeqCst);
     for h in handles {
         let lcore = h.lcore();
@@ -775,33 +921,172 @@ pub fn run(
     Ok(summary)
 }
 
-/// Sends one control frame on the control thread's own TX queue, or hands it to worker 0
-/// when the driver has none to spare. A frame that cannot go out is dropped (the next
-/// heartbeat follows within a period).
-fn send_control_frame(
-    pool: &Mempool,
-    tx: Option<&mut TxQueue>,
-    worker0: &ControlChannel,
-    frame: &[u8],
-) {
-    let Some(mut m) = pool.alloc() else {
-        warn!("no mbuf for a heartbeat");
-        return;
+/// Which port a control frame leaves on.
+#[derive(Clone, Copy)]
+enum Side {
+    Cluster,
+    Host,
+}
+
+/// The control thread's own TX queue on each port, when the driver has one to spare; else
+/// its frames go through worker 0's queue (a ring worker 0 drains every loop).
+struct ControlTx {
+    cluster: Option<TxQueue>,
+    host: Option<TxQueue>,
+}
+
+impl ControlTx {
+    /// Sends one frame. A frame that cannot go out is dropped (the next heartbeat follows
+    /// within a period; ARP is retried by its sender).
+    fn send_mbuf(&mut self, side: Side, worker0: &ControlChannel, m: dpdk::Mbuf) {
+        let (tx, ring) = match side {
+            Side::Cluster => (self.cluster.as_mut(), &worker0.tx),
+            Side::Host => (self.host.as_mut(), &worker0.host_tx),
+        };
+        match tx {
+            Some(tx) => {
+                let mut burst = Burst::new();
+                let _ = burst.push(m);
+                tx.tx_burst(&mut burst);
+            }
+            None => {
+                let _ = ring.push(m);
+            }
+        }
+    }
+
+    fn send_bytes(&mut self, pool: &Mempool, side: Side, worker0: &ControlChannel, frame: &[u8]) {
+        let Some(mut m) = pool.alloc() else {
+            warn!("no mbuf for a control frame");
+            return;
+        };
+        match m.append(frame.len()) {
+            Some(room) => room.copy_from_slice(frame),
+            None => return,
+        }
+        self.send_mbuf(side, worker0, m);
+    }
+}
+
+/// How this host's cluster port handles the cluster MAC (`[cluster] mode`), decided at start.
+struct MacPlan {
+    cluster_mac: EthernetAddress,
+    /// Unicast mode with masking: the source of every frame leaving the cluster port.
+    masked_source: Option<EthernetAddress>,
+    /// Source of the control thread's own frames (heartbeats).
+    source: EthernetAddress,
+    heartbeat_destination: EthernetAddress,
+    neighbour: NeighbourConfig,
+    /// For `query`: "unicast cluster MAC ... received as the port's MAC address".
+    describe: String,
+}
+
+impl MacPlan {
+    /// Writes the masked source into a frame leaving the cluster port (unicast mode).
+    fn mask(&self, frame: &mut [u8]) {
+        if let (Some(src), Some(field)) = (self.masked_source, frame.get_mut(6..12)) {
+            field.copy_from_slice(&src.0);
+        }
+    }
+}
+
+/// Makes the cluster port receive the cluster MAC (and the host side's own MAC), and works
+/// out the sources and destinations the mode asks for.
+fn program_cluster_port(
+    cluster: &mut Port,
+    c: &crate::config::Cluster,
+    host: &crate::config::Host,
+    dp: &crate::config::Dataplane,
+    diagnostics: &mut Diagnostics,
+) -> Result<MacPlan> {
+    let mode = c.mode.0;
+    let cluster_mac = c.cluster_mac();
+    let programmed = macfilter::program(cluster, mode, cluster_mac.0)
+        .map_err(|e| anyhow::anyhow!("[cluster] mode = {mode:?}: {e}"))?;
+    info!("cluster port {}: {programmed}", cluster.name());
+    if mode == MacMode::Unicast && programmed.method.is_fallback() {
+        let d = Diagnostic::MacNotProgrammable {
+            fallback: format!(
+                "promiscuous mode ({})",
+                programmed
+                    .refused
+                    .iter()
+                    .map(|(m, e)| format!("{} refused: {e}", m.describe()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        };
+        diagnostics.report(&d, 0);
+        warn!("{d}");
+    }
+    // Frames for the host side's own MAC (its dedicated IP) arrive on the cluster port too.
+    if !cluster.promiscuous() {
+        let why = match dp.host_mac {
+            Some(mac) => match MacPort::add_mac(cluster, mac.0 .0) {
+                Ok(()) => None,
+                Err(e) => Some(format!(
+                    "adding host_mac {} as a MAC filter failed ({e})",
+                    mac.0
+                )),
+            },
+            None => Some(
+                "[dataplane] host_mac is not set, so the host side's MAC is unknown".to_string(),
+            ),
+        };
+        if let Some(why) = why {
+            match cluster.set_promiscuous(true) {
+                Ok(()) => info!("cluster port {}: promiscuous mode: {why}", cluster.name()),
+                Err(e) => warn!(
+                    "cluster port {}: {why}, and promiscuous mode was refused ({e}): frames for the host side's own MAC will not arrive",
+                    cluster.name()
+                ),
+            }
+        }
+    }
+    let nic_mac = EthernetAddress(cluster.mac()?);
+    let priority = host.priority;
+    let masked_source = (mode == MacMode::Unicast && c.mask_source_mac)
+        .then(|| ClusterMacs::new(c.ip).masked_source(priority));
+    if mode == MacMode::Unicast && !c.mask_source_mac {
+        warn!(
+            "[cluster] mask_source_mac = false in unicast mode: frames leave the cluster port with the port's own MAC {nic_mac} as their source{}",
+            if nic_mac == cluster_mac {
+                ", which is the cluster MAC: the switch will learn it and send all cluster traffic to one port (KB Q258609)"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut neighbour = NeighbourConfig::new(c.ip, priority, nic_mac);
+    neighbour.mode = mode;
+    neighbour.igmp_version = if c.igmp_version == 1 {
+        IgmpVersion::V1
+    } else {
+        IgmpVersion::V2
     };
-    match m.append(frame.len()) {
-        Some(room) => room.copy_from_slice(frame),
-        None => return,
-    }
-    match tx {
-        Some(tx) => {
-            let mut burst = Burst::new();
-            let _ = burst.push(m);
-            tx.tx_burst(&mut burst);
-        }
-        None => {
-            let _ = worker0.tx.push(m);
-        }
-    }
+    neighbour.vips = c.vips.clone();
+    neighbour.dedicated_ip = match host.dedicated_ip {
+        Some(std::net::IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    neighbour.cluster_mac = match c.mac {
+        ClusterMacSetting::Given(mac) => Some(mac),
+        ClusterMacSetting::Auto => None,
+    };
+    neighbour.mask_source_mac = c.mask_source_mac;
+    neighbour.multicast_spoof = c.multicast_spoof;
+    Ok(MacPlan {
+        cluster_mac,
+        masked_source,
+        source: masked_source.unwrap_or(nic_mac),
+        heartbeat_destination: if mode == MacMode::Unicast {
+            EthernetAddress::BROADCAST
+        } else {
+            cluster_mac
+        },
+        neighbour,
+        describe: programmed.to_string(),
+    })
 }
 
 /// Membership events, named as NLB's event log names them.

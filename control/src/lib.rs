@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod consistency;
 pub mod ctl;
+pub mod diagnostics;
 pub mod heartbeat;
 pub mod macfilter;
 pub mod macs;

@@ -66,13 +66,17 @@ impl Peers {
         self.by_priority.iter().map(|(p, i)| (*p, i))
     }
 
-    /// A heartbeat came from `priority` with source `mac`.
-    pub fn heard(&mut self, priority: u8, dedicated_ip: Ipv4Addr, mac: EthernetAddress) {
+    /// A heartbeat came from `priority` with source `mac`. True when its dedicated IP is new
+    /// or changed.
+    pub fn heard(&mut self, priority: u8, dedicated_ip: Ipv4Addr, mac: EthernetAddress) -> bool {
         let peer = self.by_priority.entry(priority).or_default();
         peer.mac = Some(mac);
-        if !dedicated_ip.is_unspecified() {
-            peer.dedicated_ip = Some(dedicated_ip);
+        let ip = (!dedicated_ip.is_unspecified()).then_some(dedicated_ip);
+        let changed = ip.is_some() && peer.dedicated_ip != ip;
+        if changed {
+            peer.dedicated_ip = ip;
         }
+        changed
     }
 
     /// An identity heartbeat arrived. Returns the line to log when what differs from our

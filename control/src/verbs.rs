@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::cluster::ClusterView;
 use crate::consistency::describe;
 use crate::ctl::{Request, Response};
+use crate::diagnostics::Diagnostics;
 use crate::membership::{HostState, Membership, Refusal};
 use crate::peers::Peers;
 
@@ -23,6 +24,9 @@ pub struct Facts<'a> {
     pub descriptors_live: u64,
     /// Heartbeat send lateness against schedule: p99 and max, ms.
     pub heartbeat_late_ms: Option<(u64, u64)>,
+    pub diagnostics: &'a Diagnostics,
+    /// How the cluster port receives the cluster MAC.
+    pub mac: Option<&'a str>,
 }
 
 /// Carries out `request`. `membership` is `None` in pass-through and static modes.
@@ -41,14 +45,17 @@ pub fn answer(request: Request, membership: Option<&mut Membership>, facts: &Fac
     let Some(m) = membership else {
         let members = facts.static_members.clone().unwrap_or_default();
         return match request {
-            Request::Query => Response::ok(
-                format!(
+            Request::Query => {
+                let mut text = format!(
                     "host {} of static members {{{}}} (no heartbeats: [cluster] members is set)",
                     view.priority,
                     join(&members)
-                ),
-                json!({"state": "static", "priority": view.priority, "members": members}),
-            ),
+                );
+                let mut data =
+                    json!({"state": "static", "priority": view.priority, "members": members});
+                mac_and_diagnostics(facts, &mut text, &mut data);
+                Response::ok(text, data)
+            }
             _ => Response::refused(
                 "static membership ([cluster] members): the membership is driven from outside; remove [cluster] members to use stop, start and drainstop",
             ),
@@ -226,7 +233,7 @@ fn query(m: &Membership, view: &ClusterView, facts: &Facts) -> Response {
             "; heartbeats sent late by p99 {p99} ms, max {max} ms"
         ));
     }
-    let data = json!({
+    let mut data = json!({
         "priority": me,
         "state": m.state().key(),
         "code": m.state().nlb_code(),
@@ -238,7 +245,22 @@ fn query(m: &Membership, view: &ClusterView, facts: &Facts) -> Response {
         "descriptors_live": facts.descriptors_live,
         "heartbeat_late_ms": facts.heartbeat_late_ms.map(|(p99, max)| json!({"p99": p99, "max": max})),
     });
+    mac_and_diagnostics(facts, &mut text, &mut data);
     Response::ok(text, data)
+}
+
+/// How the cluster port receives the cluster MAC, and the diagnostics seen lately.
+fn mac_and_diagnostics(facts: &Facts, text: &mut String, data: &mut serde_json::Value) {
+    if let Some(mac) = facts.mac {
+        text.push_str(&format!("\nMAC: {mac}"));
+    }
+    let recent: Vec<&String> = facts.diagnostics.recent().map(|(t, _)| t).collect();
+    for d in &recent {
+        text.push_str(&format!("\ndiagnostic: {d}"));
+    }
+    data["mac"] = json!(facts.mac);
+    data["diagnostics"] = json!(recent);
+    data["diagnostic_counts"] = json!(facts.diagnostics.counts());
 }
 
 fn join_counts(counts: &[u32]) -> String {

@@ -124,25 +124,50 @@ fn mac_to_u64(mac: &[u8]) -> u64 {
 /// copied; a full ring drops the frame and counts it (the control thread is late, and a lost
 /// heartbeat is tolerated by design).
 pub struct ControlChannel {
+    /// Control frames from the cluster port: heartbeats, ARP, neighbour discovery, IGMP.
     pub ring: ArrayQueue<Mbuf>,
+    /// ARP and neighbour discovery frames the host side sends: the control thread decides
+    /// whether they may reach the cluster (a host must not answer for a VIP).
+    pub host_ring: ArrayQueue<Mbuf>,
     /// Frames the control thread sends through this worker's cluster TX queue, when the
     /// driver has no spare TX queue for the control thread (net_pcap, net_af_packet).
     pub tx: ArrayQueue<Mbuf>,
+    /// The same for the host port.
+    pub host_tx: ArrayQueue<Mbuf>,
     /// Frames handed over.
     pub frames: AtomicU64,
     /// Frames dropped because the ring was full.
     pub ring_full: AtomicU64,
+    /// Frames seen on the cluster port with the cluster MAC as their source (a leak: the
+    /// switch learns it).
+    pub cluster_mac_leaks: AtomicU64,
+    /// The IPv4 source of the last such frame (0: not IPv4).
+    pub last_leak_sender: AtomicU64,
 }
 
 impl ControlChannel {
     pub fn new(capacity: usize) -> ControlChannel {
         ControlChannel {
             ring: ArrayQueue::new(capacity.max(1)),
+            host_ring: ArrayQueue::new(capacity.max(1)),
             tx: ArrayQueue::new(64),
+            host_tx: ArrayQueue::new(64),
             frames: AtomicU64::new(0),
             ring_full: AtomicU64::new(0),
+            cluster_mac_leaks: AtomicU64::new(0),
+            last_leak_sender: AtomicU64::new(0),
         }
     }
+}
+
+/// What the cluster MAC mode asks of the data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacPolicy {
+    /// The cluster MAC: a frame from the wire with it as source is a leak.
+    pub cluster_mac: [u8; 6],
+    /// Unicast mode with masking: the source every frame leaving the cluster port carries
+    /// (02-<priority>-<cluster IP>).
+    pub masked_source: Option<[u8; 6]>,
 }
 
 /// EtherType of NLB heartbeats (and other Microsoft cluster frames: the control thread checks
@@ -151,10 +176,33 @@ pub const ETHERTYPE_NLB: u16 = 0x886f;
 
 /// Whether a frame from the cluster port belongs to the control thread rather than the filter:
 /// an untagged frame of the NLB EtherType (heartbeats are sent untagged on the cluster's
-/// segment, as NLB does).
+/// segment, as NLB does), or a neighbour frame (see [`is_neighbour_frame`]).
 #[inline]
 pub fn is_control_frame(frame: &[u8]) -> bool {
+    is_nlb_frame(frame) || is_neighbour_frame(frame)
+}
+
+/// An untagged frame of the NLB EtherType (heartbeats, identity heartbeats).
+#[inline]
+pub fn is_nlb_frame(frame: &[u8]) -> bool {
     frame.get(12..14) == Some(&ETHERTYPE_NLB.to_be_bytes()[..])
+}
+
+/// An untagged ARP frame, IPv6 neighbour solicitation or advertisement (no extension
+/// headers, as RFC 4861 sends them), or IGMP message: the control thread answers for the
+/// VIPs, keeps the host side from answering, and joins the IGMP group.
+#[inline]
+pub fn is_neighbour_frame(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x06]) => true,
+        // IPv4, protocol 2 (IGMP).
+        Some([0x08, 0x00]) => frame.get(23) == Some(&2),
+        // IPv6, next header 58 (ICMPv6), type 135 or 136.
+        Some([0x86, 0xdd]) => {
+            frame.get(20) == Some(&58) && matches!(frame.get(54), Some(135 | 136))
+        }
+        _ => false,
+    }
 }
 
 /// What a filtering worker needs beyond its queues.
@@ -171,6 +219,7 @@ pub struct FilterWorker {
     pub last_sweep_ms: u32,
     /// Heartbeats go here instead of through the filter.
     pub control: Arc<ControlChannel>,
+    pub mac: MacPolicy,
 }
 
 /// Where a frame the worker does not forward goes.
@@ -247,7 +296,6 @@ pub fn run(
     };
     let mut cycles_per_packet =
         Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).expect("static histogram bounds");
-    let host_mac = filter.as_ref().map(|f| Arc::clone(&f.host_mac));
     while !stop.load(Relaxed) {
         let inbound = match filter.as_mut() {
             None => forward(
@@ -268,31 +316,43 @@ pub fn run(
             ),
         };
         if let Some(f) = filter.as_ref() {
-            // Control frames (heartbeats) to send through our cluster TX queue.
-            while !burst.is_full() {
-                match f.control.tx.pop() {
-                    Some(m) => {
-                        let _ = burst.push(m);
+            // Control frames (heartbeats, ARP answers, frames passed on) to send through our
+            // TX queues.
+            for (ring, tx) in [
+                (&f.control.tx, &mut q.cluster_tx),
+                (&f.control.host_tx, &mut q.host_tx),
+            ] {
+                while !burst.is_full() {
+                    match ring.pop() {
+                        Some(m) => {
+                            let _ = burst.push(m);
+                        }
+                        None => break,
                     }
-                    None => break,
                 }
-            }
-            if !burst.is_empty() {
-                send(&mut q.cluster_tx, &mut burst, &counters.control);
+                if !burst.is_empty() {
+                    send(tx, &mut burst, &counters.control);
+                }
             }
         }
-        let outbound = forward(
-            &mut q.host_rx,
-            &mut q.cluster_tx,
-            &mut burst,
-            &counters.outbound,
-            &mut cycles_per_packet,
-            |m| {
-                if let Some(h) = &host_mac {
-                    h.learn(m.data());
-                }
-            },
-        );
+        let outbound = match filter.as_ref() {
+            None => forward(
+                &mut q.host_rx,
+                &mut q.cluster_tx,
+                &mut burst,
+                &counters.outbound,
+                &mut cycles_per_packet,
+                |_| {},
+            ),
+            Some(f) => outbound_to_cluster(
+                f,
+                &mut q,
+                &mut burst,
+                &mut scratch.dropped,
+                &counters.outbound,
+                &mut cycles_per_packet,
+            ),
+        };
         if inbound + outbound == 0 {
             bump(&counters.idle_polls, 1);
         }
@@ -340,6 +400,66 @@ fn send(tx: &mut TxQueue, burst: &mut Burst, counters: &DirectionCounters) {
     bump(&counters.packets, sent as u64);
 }
 
+/// One burst from the host port to the cluster port: the host MAC learned, neighbour frames
+/// to the control thread, every other frame with the masked source MAC in unicast mode.
+#[inline]
+fn outbound_to_cluster(
+    f: &FilterWorker,
+    q: &mut WorkerQueues,
+    burst: &mut Burst,
+    dropped: &mut Burst,
+    counters: &DirectionCounters,
+    cycles_per_packet: &mut Histogram<u64>,
+) -> usize {
+    let n = q.host_rx.rx_burst(burst);
+    if n == 0 {
+        return 0;
+    }
+    let start = dpdk::rdtsc();
+    if let Some(m) = burst.as_slice().first() {
+        f.host_mac.learn(m.data());
+    }
+    let control = &f.control;
+    let masked = f.mac.masked_source;
+    burst.retain_or(
+        |m| {
+            if is_neighbour_frame(m.data()) {
+                return false;
+            }
+            if let Some(src) = masked {
+                if let Some(field) = m.data_mut().get_mut(6..12) {
+                    field.copy_from_slice(&src);
+                }
+            }
+            true
+        },
+        |m| match control.host_ring.push(m) {
+            Ok(()) => bump(&control.frames, 1),
+            Err(m) => {
+                bump(&control.ring_full, 1);
+                let _ = dropped.push(m);
+            }
+        },
+    );
+    dropped.clear();
+    send(&mut q.cluster_tx, burst, counters);
+    let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
+    cycles_per_packet.saturating_record(per_packet);
+    n
+}
+
+/// A frame with the cluster MAC as its source: counted, with its IPv4 sender, for the
+/// control thread's `cluster MAC leaked` diagnostic.
+#[cold]
+fn note_leak(control: &ControlChannel, frame: &[u8]) {
+    bump(&control.cluster_mac_leaks, 1);
+    let sender = match (frame.get(12..14), frame.get(26..30)) {
+        (Some([0x08, 0x00]), Some(ip)) => u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]),
+        _ => 0,
+    };
+    control.last_leak_sender.store(sender as u64, Relaxed);
+}
+
 /// One burst from the cluster port through the filter to the host port.
 #[inline]
 fn filter_inbound(
@@ -371,9 +491,13 @@ fn filter_inbound(
         let reject: Cell<Reject> = Cell::new(Reject::Drop);
         let filter = &mut f.filter;
         let control = &f.control;
+        let cluster_mac = f.mac.cluster_mac;
         let mut tally = Tally::default();
         burst.retain_or(
             |m| {
+                if m.data().get(6..12) == Some(&cluster_mac[..]) {
+                    note_leak(control, m.data());
+                }
                 if is_control_frame(m.data()) {
                     reject.set(Reject::Control);
                     return false;
@@ -481,6 +605,35 @@ mod tests {
         assert!(!is_control_frame(&f[..13]));
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         assert!(!is_control_frame(&f));
+    }
+
+    #[test]
+    fn arp_nd_and_igmp_go_to_the_control_thread_other_ip_does_not() {
+        let mut f = [0u8; 64];
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(is_neighbour_frame(&f) && is_control_frame(&f));
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[23] = 2;
+        assert!(is_neighbour_frame(&f), "IGMP");
+        f[23] = 6;
+        assert!(!is_neighbour_frame(&f), "TCP");
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[20] = 58;
+        for (icmp_type, nd) in [(135, true), (136, true), (128, false), (133, false)] {
+            f[54] = icmp_type;
+            assert_eq!(is_neighbour_frame(&f), nd, "ICMPv6 type {icmp_type}");
+        }
+        f[20] = 17;
+        f[54] = 135;
+        assert!(
+            !is_neighbour_frame(&f),
+            "UDP that happens to hold 135 there"
+        );
+        assert!(!is_neighbour_frame(&f[..30]));
+        // A VLAN-tagged ARP is not diverted (the filter passes it on).
+        f[12..14].copy_from_slice(&[0x81, 0x00]);
+        f[16..18].copy_from_slice(&[0x08, 0x06]);
+        assert!(!is_neighbour_frame(&f));
     }
 
     #[test]

@@ -278,6 +278,18 @@ pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], seq: u32, payload_len: usiz
     f
 }
 
+/// Writes `frames` as a pcap file, one microsecond apart (what net_pcap's `rx_pcap` replays).
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    use wlbs_control::pcap::{self, Record};
+    let records: Vec<Record> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
+        .collect();
+    pcap::write_all(std::fs::File::create(path).expect("create pcap"), &records)
+        .expect("write pcap");
+}
+
 /// The IPv4 header checksum of `header` (whose checksum field is zero).
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
     !wlbs_dataplane::wire::checksum::data(header)

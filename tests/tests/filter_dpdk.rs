@@ -62,17 +62,8 @@ fn pcap_eal(dir: &std::path::Path, tag: &str) -> Vec<String> {
 
 /// Writes `frames` as `in.pcap` (and an empty host-side capture) into `dir`.
 fn write_input(dir: &std::path::Path, frames: &[Vec<u8>]) {
-    let records: Vec<Record> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
-        .collect();
-    pcap::write_all(
-        std::fs::File::create(dir.join("in.pcap")).unwrap(),
-        &records,
-    )
-    .unwrap();
-    pcap::write_all(std::fs::File::create(dir.join("empty.pcap")).unwrap(), &[]).unwrap();
+    wlbs_tests::write_pcap(&dir.join("in.pcap"), frames);
+    wlbs_tests::write_pcap(&dir.join("empty.pcap"), &[]);
 }
 
 /// One appliance replays `frames` on its cluster port; returns how it ended and what left

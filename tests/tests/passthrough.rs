@@ -3,20 +3,13 @@
 
 use std::time::Duration;
 
-use wlbs_control::pcap::{self, Record};
+use wlbs_control::pcap;
 use wlbs_tests::{udp_frame, Appliance};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
-    let records: Vec<Record> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Record::new(1_700_000_000_000_000_000 + i as u64 * 1000, f.clone()))
-        .collect();
-    pcap::write_all(std::fs::File::create(path).unwrap(), &records).unwrap();
-}
+use wlbs_tests::write_pcap;
 
 fn read_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
     pcap::read_all(std::fs::File::open(path).unwrap())
