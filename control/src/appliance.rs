@@ -671,6 +671,19 @@ pub fn run(
                         if let Some(line) = peers.identity(&id) {
                             warn!("{line}");
                         }
+                        // Cluster IP, MAC or mode differences are KB Q193598's causes.
+                        let priority = id.repr.host_priority;
+                        if let Some(info) = peers.get(priority) {
+                            for d in &info.differences {
+                                if let (Some(kind), Some(diagnosis)) = (d.kind(), d.diagnosis()) {
+                                    diagnostics.note(
+                                        kind,
+                                        format!("{}: {d}. {diagnosis}", info.name_of(priority)),
+                                        now,
+                                    );
+                                }
+                            }
+                        }
                     }
                 }
             }

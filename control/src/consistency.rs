@@ -253,6 +253,16 @@ pub struct Difference {
 }
 
 impl Difference {
+    /// The diagnostic kind (metric label) of a difference that is one of NLB's field
+    /// problems.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self.what.as_str() {
+            "cluster IP" | "cluster MAC" => Some("cluster_ip_mismatch"),
+            "cluster mode" => Some("mode_mismatch"),
+            _ => None,
+        }
+    }
+
     /// What the difference means in NLB's field problems (the "IP address conflict" of
     /// KB Q193598), when it is one of them.
     pub fn diagnosis(&self) -> Option<&'static str> {

@@ -23,8 +23,13 @@ pub struct Diagnostics {
 impl Diagnostics {
     /// Records `d`; true when it is due in the log.
     pub fn report(&mut self, d: &Diagnostic, now_ms: u64) -> bool {
-        *self.counts.entry(d.kind()).or_default() += 1;
-        let text = d.to_string();
+        self.note(d.kind(), d.to_string(), now_ms)
+    }
+
+    /// Records a diagnostic of `kind` found elsewhere (a peer's identity heartbeat); true
+    /// when it is due in the log.
+    pub fn note(&mut self, kind: &'static str, text: String, now_ms: u64) -> bool {
+        *self.counts.entry(kind).or_default() += 1;
         self.recent.retain(|(t, _)| *t != text);
         self.recent.push_back((text.clone(), now_ms));
         while self.recent.len() > RECENT {

@@ -5,6 +5,7 @@
 //! port on which the "cluster MAC not programmable" fallback is checked.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::Duration;
 
 use wlbs_control::pcap::{self, Record};
@@ -364,4 +365,113 @@ fn a_leaked_cluster_mac_and_a_stranger_claiming_the_vip_are_named() {
     assert_eq!(counts["ip_address_conflict"], 1, "{q}");
     let text = q["text"].as_str().unwrap();
     assert!(text.contains("diagnostic: IP address conflict"), "{text}");
+}
+
+/// A peer's identity heartbeat and heartbeat, from its configuration (as its appliance would
+/// send them).
+fn peer_frames(peer_config: &str) -> Vec<Vec<u8>> {
+    use wlbs_control::cluster::ClusterView;
+    use wlbs_control::config::Config;
+    use wlbs_control::heartbeat::IdentityRepr;
+    use wlbs_control::membership::{wire, Membership};
+
+    let theirs = Config::parse(peer_config, Path::new("peer.toml")).unwrap();
+    let view = ClusterView::from_config(&theirs).unwrap();
+    let shared = view.shared_config(&theirs);
+    let c = theirs.cluster.as_ref().unwrap();
+    let mut core = Membership::new(view.membership_settings(&theirs, 0x4242_4243), 0);
+    let ping = core
+        .poll_transmit(0)
+        .expect("a starting host sends at once");
+    let src = EthernetAddress([0x02, 3, 192, 0, 2, 10]);
+    let identity = IdentityRepr {
+        version: 0x0206,
+        host_priority: 3,
+        cluster_ip: c.ip,
+        dedicated_ip: Some(Ipv4Addr::new(192, 0, 2, 13)),
+        host_name: "web-3".into(),
+        others: Vec::new(),
+    };
+    vec![
+        wire::encode_identity(&identity, &shared, src, EthernetAddress::BROADCAST, None).unwrap(),
+        wire::encode(
+            &ping,
+            c.ip,
+            &shared.rule_codes(),
+            src,
+            EthernetAddress::BROADCAST,
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn a_peer_with_another_cluster_ip_mac_or_mode_is_refused_with_kb_q193598s_cause() {
+    let ours = config("heartbeat_period_ms = 100").replace("members = [1, 2]\n", "");
+    let peer = |from: &str, to: &str| {
+        ours.replace("priority = 2", "priority = 3")
+            .replace(
+                "dedicated_ip = \"192.0.2.12\"",
+                "dedicated_ip = \"192.0.2.13\"",
+            )
+            .replace(from, to)
+    };
+    for (name, peer_config, field, diagnosis, kind) in [
+        (
+            "ip",
+            peer("ip = \"192.0.2.10\"", "ip = \"192.0.2.11\""),
+            "cluster IP 192.0.2.10 here, 192.0.2.11 there",
+            "KB Q193598, cause 1",
+            "cluster_ip_mismatch",
+        ),
+        (
+            "mac",
+            peer(
+                "heartbeat_period_ms = 100",
+                "heartbeat_period_ms = 100\nmac = \"02:bf:c0:00:02:0b\"",
+            ),
+            "cluster MAC 02:bf:c0:00:02:0a here, 02:bf:c0:00:02:0b there",
+            "KB Q193598, cause 2",
+            "cluster_ip_mismatch",
+        ),
+        (
+            "mode",
+            peer(
+                "heartbeat_period_ms = 100",
+                "heartbeat_period_ms = 100\nmode = \"multicast\"",
+            ),
+            "cluster mode unicast here, multicast there",
+            "mode mismatch",
+            "mode_mismatch",
+        ),
+    ] {
+        let frames = peer_frames(&peer_config);
+        let run = run(&format!("mac-peer-{name}"), &ours, &frames, &[], 400);
+        let refused = run
+            .stderr
+            .lines()
+            .find(|l| {
+                l.contains(
+                    "host 3 (web-3, 192.0.2.13, 02:03:c0:00:02:0a) refused: configuration differs",
+                )
+            })
+            .unwrap_or_else(|| panic!("{name}: no refusal naming host 3: {}", run.stderr));
+        assert!(refused.contains(field), "{name}: {refused}");
+        assert!(refused.contains(diagnosis), "{name}: {refused}");
+        let q = run.query.expect("query answered");
+        assert!(
+            q["data"]["diagnostic_counts"][kind].as_u64() >= Some(1),
+            "{name}: {q}"
+        );
+        let host3 = q["data"]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["priority"] == 3)
+            .unwrap_or_else(|| panic!("{name}: query does not list host 3: {q}"));
+        assert!(
+            host3["refused"].as_str().is_some_and(|r| r.contains(field)),
+            "{name}: {host3}"
+        );
+    }
 }
