@@ -19,6 +19,7 @@ packages=(
   iproute2 ethtool procps psmisc
   python3 curl
   tcpdump tshark
+  prometheus # for promtool: the tests check /metrics with `promtool check metrics`
 )
 
 missing=()

@@ -33,6 +33,8 @@ use crate::membership::wire::{self, DecodeError};
 use crate::membership::{Event, HostState, Membership, Refusal};
 use crate::neighbour::{Diagnostic, HostFrame, Neighbour, NeighbourConfig};
 use crate::peers::Peers;
+use crate::stats;
+use crate::stats_http::StatsServer;
 use crate::verbs;
 
 /// How often the control thread looks at the stop flag (the stop deadline is one second).
@@ -288,6 +290,10 @@ pub fn run(
     // The control socket first: a second appliance with the same socket stops here, before
     // it touches a port.
     let mut ctl = ctl::Server::bind(&config.control.socket)?;
+    let mut stats_server = match config.stats.listen.as_str() {
+        "off" => None,
+        addr => Some(StatsServer::bind(addr)?),
+    };
     check_hugepages(user_eal_args)?;
     let args = eal_args(user_eal_args, dp.workers);
     let eal = Eal::init(&args).with_context(|| {
@@ -536,6 +542,17 @@ pub fn run(
     } else {
         Idle::Backoff
     };
+    // Each worker's burst-time histogram, as it last published it (for /metrics).
+    let burst_times: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..dp.workers)
+            .map(|_| {
+                Mutex::new(
+                    Histogram::<u64>::new_with_bounds(1, 1_000_000, 2)
+                        .expect("static histogram bounds"),
+                )
+            })
+            .collect(),
+    );
     let reports: Arc<Mutex<Vec<Option<WorkerReport>>>> =
         Arc::new(Mutex::new((0..dp.workers).map(|_| None).collect()));
 
@@ -545,9 +562,10 @@ pub fn run(
         let counters = Arc::clone(&counters);
         let stop_flag = Arc::clone(&worker_stop);
         let reports = Arc::clone(&reports);
+        let burst_times = Arc::clone(&burst_times);
         let filter = filters[i].take();
         let launched = eal.launch(*lcore, move || {
-            let report = worker::run(q, &counters[i], &stop_flag, idle, filter);
+            let report = worker::run(q, &counters[i], &stop_flag, idle, filter, &burst_times[i]);
             if let Ok(mut r) = reports.lock() {
                 r[i] = Some(report);
             }
@@ -578,7 +596,16 @@ pub fn run(
         ctl.path().display(),
     );
 
+    if let Some(a) = stats_server.as_ref().and_then(|s| s.local_addr()) {
+        info!("stats: Prometheus metrics at http://{a}/metrics");
+    }
     let mut control_counts = ControlCounts::default();
+    // Convergences and how long each took (from the first "converging" to "converged").
+    let mut convergences = 0u64;
+    let mut converging_since: Option<u64> = Some(0);
+    let mut convergence_ms =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000, 2).expect("static histogram bounds");
+    let tsc_hz = dpdk::tsc_hz();
     let mut generation = 1u64;
     let mut published_state = None;
     // Heartbeats leave from the masked MAC in unicast mode (the port's own otherwise), to the
@@ -745,6 +772,68 @@ pub fn run(
                 }
             }
         }
+        let membership_now = membership
+            .as_ref()
+            .map(|m| (m.state(), m.members().len(), m.heartbeats_missed()));
+        let render = || {
+            let snapshots: Vec<Histogram<u64>> = burst_times
+                .iter()
+                .map(|h| {
+                    h.lock()
+                        .map(|h| h.clone())
+                        .unwrap_or_else(|e| e.into_inner().clone())
+                })
+                .collect();
+            let mut control = control_counts;
+            control.ring_full = control_channels
+                .iter()
+                .map(|c| c.ring_full.load(Ordering::Relaxed))
+                .sum();
+            // What the published table lets the workers take new connections for.
+            let owned_buckets = published.as_ref().map_or(Vec::new(), |t| {
+                t.load()
+                    .rules()
+                    .iter()
+                    .map(|r| (r.ownership.owned | r.ownership.incoming).count_ones())
+                    .collect()
+            });
+            stats::render(&stats::MetricsView {
+                version: env!("CARGO_PKG_VERSION"),
+                cluster: cluster.stats().unwrap_or_default(),
+                host: host.stats().unwrap_or_default(),
+                workers: &counters,
+                burst_cycles: &snapshots,
+                tsc_hz,
+                filter: &filter_counters,
+                connections: &connection_counts,
+                rules: view.as_ref().map_or(0, |v| v.modes.len()),
+                owned_buckets,
+                control: stats::ControlFigures {
+                    heartbeats: control.heartbeats,
+                    identities: control.identities,
+                    unknown_code: control.unknown_code,
+                    malformed: control.malformed,
+                    rejected: control.rejected,
+                    ring_full: control.ring_full,
+                },
+                membership: membership_now.as_ref().map(|(state, members, missed)| {
+                    stats::MembershipFigures {
+                        state: *state,
+                        members: *members,
+                        convergences,
+                        convergence_ms: &convergence_ms,
+                        heartbeats_sent: send_jitter.len(),
+                        heartbeats_missed: *missed,
+                        send_delay_ms: &send_jitter,
+                    }
+                }),
+                diagnostics: &diagnostics,
+                remote: &[],
+            })
+        };
+        if let Some(server) = stats_server.as_mut() {
+            server.poll(render);
+        }
         ctl.poll(|request| {
             let cluster = config.cluster.as_ref();
             let facts = verbs::Facts {
@@ -758,17 +847,13 @@ pub fn run(
                 descriptors_live: connection_counts.iter().map(|c| c.live()).sum(),
                 diagnostics: &diagnostics,
                 mac: mac_plan.as_ref().map(|p| p.describe.as_str()),
-                heartbeat_late_ms: (!send_jitter.is_empty()).then(|| {
-                    (
-                        send_jitter.value_at_quantile(0.99).saturating_sub(1),
-                        send_jitter.max().saturating_sub(1),
-                    )
-                }),
+                heartbeat_late_ms: (!send_jitter.is_empty())
+                    .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
             };
             if request != ctl::Request::Query {
                 info!("control socket: {request:?}");
             }
-            verbs::answer(request, membership.as_mut(), &facts)
+            verbs::answer(request, membership.as_mut(), &facts, render)
         });
         let (Some(m), Some(view), Some(table)) =
             (membership.as_mut(), view.as_ref(), published.as_ref())
@@ -791,7 +876,7 @@ pub fn run(
         let due = m.poll_timeout();
         while let Some(ping) = m.poll_transmit(now) {
             // How late this heartbeat leaves, against its schedule.
-            send_jitter.saturating_record(now.saturating_sub(due) + 1);
+            send_jitter.saturating_record(now.saturating_sub(due));
             let frame = wire::encode(
                 &ping,
                 view.spec.cluster_ip,
@@ -810,6 +895,18 @@ pub fn run(
             // can name what differs without waiting for the 10 s period.
             if matches!(event, Event::PeerRefused { .. } | Event::HostJoined { .. }) {
                 identity_due_ms = identity_due_ms.min(now.max(last_identity_ms + 1000));
+            }
+            match event {
+                Event::Converged { .. } => {
+                    if let Some(since) = converging_since.take() {
+                        convergence_ms.saturating_record(now.saturating_sub(since));
+                    }
+                    convergences += 1;
+                }
+                Event::Converging { .. } | Event::Started => {
+                    converging_since.get_or_insert(now);
+                }
+                _ => {}
             }
             if let Some(peers) = peers.as_ref() {
                 log_event(&event, peers);
@@ -920,8 +1017,8 @@ pub fn run(
         if membership.is_some() {
             summary.heartbeats_sent = Some((
                 send_jitter.len(),
-                send_jitter.value_at_quantile(0.99).saturating_sub(1),
-                send_jitter.max().saturating_sub(1),
+                send_jitter.value_at_quantile(0.99),
+                send_jitter.max(),
             ));
         }
     }

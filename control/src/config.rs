@@ -28,6 +28,33 @@ pub struct Config {
     pub port_rules: Vec<PortRuleConfig>,
     #[serde(default)]
     pub control: Control,
+    #[serde(default)]
+    pub stats: Stats,
+}
+
+/// `[stats]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    /// Address and port of `/metrics`; "off" disables it.
+    #[serde(default = "default_stats_listen")]
+    pub listen: String,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            listen: default_stats_listen(),
+        }
+    }
+}
+
+/// Loopback only by default: put a reverse proxy or an SSH tunnel in front to scrape from
+/// elsewhere, or listen on a management address.
+pub const DEFAULT_STATS_LISTEN: &str = "127.0.0.1:9470";
+
+fn default_stats_listen() -> String {
+    DEFAULT_STATS_LISTEN.to_string()
 }
 
 /// `[control]`: how operator verbs reach the appliance.
@@ -540,6 +567,14 @@ impl Config {
             value,
             allowed,
         };
+        if self.stats.listen != "off" && self.stats.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "[stats] listen",
+                format!("{:?}", self.stats.listen),
+                "must be an address and port such as \"127.0.0.1:9470\" or \"[::1]:9470\", or \"off\"".into(),
+            ));
+        }
         let socket = self.control.socket.as_os_str().len();
         if socket == 0 || socket > 107 {
             return Err(invalid(

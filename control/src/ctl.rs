@@ -34,6 +34,8 @@ pub enum Request {
     Start,
     /// Take no new connections, let the existing ones finish, then stop.
     Drainstop,
+    /// The Prometheus text `/metrics` serves.
+    Stats,
 }
 
 /// The appliance's answer: `ok` false when the verb failed or does not apply, with `text`

@@ -71,6 +71,8 @@ enum Command {
     Start(Target),
     /// Take no new connections, let the existing ones finish, then stop.
     Drainstop(Target),
+    /// Print the Prometheus metrics (the same text as the HTTP endpoint's /metrics).
+    Stats(Target),
 }
 
 /// Which running appliance a verb talks to.
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         Command::Stop(t) => (t, Request::Stop),
         Command::Start(t) => (t, Request::Start),
         Command::Drainstop(t) => (t, Request::Drainstop),
+        Command::Stats(t) => (t, Request::Stats),
         other => return run_local(other),
     };
     verb(&target, &request)
@@ -167,7 +170,11 @@ fn run_local(command: Command) -> ExitCode {
             print!("{}", wlbs_control::macs::ip2mac_report(ip, &vips));
             Ok(())
         }
-        Command::Query(_) | Command::Stop(_) | Command::Start(_) | Command::Drainstop(_) => {
+        Command::Query(_)
+        | Command::Stop(_)
+        | Command::Start(_)
+        | Command::Drainstop(_)
+        | Command::Stats(_) => {
             unreachable!("verbs go to the appliance")
         }
     };

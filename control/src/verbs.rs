@@ -29,14 +29,24 @@ pub struct Facts<'a> {
     pub mac: Option<&'a str>,
 }
 
-/// Carries out `request`. `membership` is `None` in pass-through and static modes.
-pub fn answer(request: Request, membership: Option<&mut Membership>, facts: &Facts) -> Response {
+/// Carries out `request`. `membership` is `None` in pass-through and static modes. `metrics`
+/// renders the Prometheus text (for `stats`).
+pub fn answer(
+    request: Request,
+    membership: Option<&mut Membership>,
+    facts: &Facts,
+    metrics: impl FnOnce() -> String,
+) -> Response {
+    if request == Request::Stats {
+        return Response::ok(metrics(), serde_json::Value::Null);
+    }
     let Some(view) = facts.view else {
         return match request {
             Request::Query => Response::ok(
                 "pass-through: no [cluster] configured, every frame is forwarded unchanged",
                 json!({"state": "pass_through"}),
             ),
+            Request::Stats => unreachable!("answered above"),
             _ => Response::refused(
                 "pass-through mode (no [cluster]): there is no cluster to leave or join",
             ),
@@ -78,6 +88,7 @@ pub fn answer(request: Request, membership: Option<&mut Membership>, facts: &Fac
             m.start(now);
             Response::ok(state_line(m, view.priority), state_json(m))
         }
+        Request::Stats => unreachable!("answered above"),
         Request::Drainstop => {
             if m.state() == HostState::Stopped {
                 return Response::refused(state_line(m, view.priority) + ": already stopped");

@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -276,14 +276,21 @@ impl Backoff {
     }
 }
 
-/// Runs the loop until `stop` is set: pass-through when `filter` is `None`.
+/// How often a worker copies its burst-time histogram to where the control thread reads it.
+const PUBLISH_EVERY_MS: u64 = 500;
+
+/// Runs the loop until `stop` is set: pass-through when `filter` is `None`. The burst-time
+/// histogram is copied into `published` about every half second (never waiting for the lock).
 pub fn run(
     mut q: WorkerQueues,
     counters: &WorkerCounters,
     stop: &AtomicBool,
     idle: Idle,
     mut filter: Option<FilterWorker>,
+    published: &Mutex<Histogram<u64>>,
 ) -> WorkerReport {
+    let publish_every = (dpdk::tsc_hz() / 1000).max(1) * PUBLISH_EVERY_MS;
+    let mut next_publish = dpdk::rdtsc().wrapping_add(publish_every);
     let mut burst = Burst::new();
     let mut scratch = Scratch {
         released: Burst::new(),
@@ -356,7 +363,19 @@ pub fn run(
         if inbound + outbound == 0 {
             bump(&counters.idle_polls, 1);
         }
+        let now = dpdk::rdtsc();
+        if now >= next_publish {
+            next_publish = now.wrapping_add(publish_every);
+            if let Ok(mut h) = published.try_lock() {
+                h.reset();
+                let _ = h.add(&cycles_per_packet);
+            }
+        }
         backoff.on_poll(inbound + outbound);
+    }
+    if let Ok(mut h) = published.lock() {
+        h.reset();
+        let _ = h.add(&cycles_per_packet);
     }
     if let Some(counters) = filter.as_ref().map(|f| &f.counters) {
         scratch

@@ -109,14 +109,17 @@ impl Appliance {
         let config_path = dir.path().join("wlbs.toml");
         // Each appliance its own control socket, so tests run in parallel.
         let socket = dir.path().join("wlbs.sock");
-        let config = if config.contains("[control]") {
-            config.to_string()
-        } else {
-            format!(
-                "{config}\n[control]\nsocket = {:?}\n",
+        let mut config = config.to_string();
+        if !config.contains("[control]") {
+            config.push_str(&format!(
+                "\n[control]\nsocket = {:?}\n",
                 socket.display().to_string()
-            )
-        };
+            ));
+        }
+        // Metrics on a free loopback port (the log line says which).
+        if !config.contains("[stats]") {
+            config.push_str("\n[stats]\nlisten = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&config_path, config).expect("write config");
         let prefix = unique_prefix(name);
         let stderr_path = dir.path().join("stderr.log");
@@ -168,6 +171,13 @@ impl Appliance {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// The `/metrics` address from the appliance's log line, once it has started.
+    pub fn metrics_url(&self) -> Option<String> {
+        let log = self.stderr();
+        let at = log.find("Prometheus metrics at ")? + "Prometheus metrics at ".len();
+        log[at..].split_whitespace().next().map(str::to_string)
     }
 
     /// What the child has written to stderr so far.

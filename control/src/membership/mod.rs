@@ -184,6 +184,8 @@ pub struct Membership {
     /// A starting host listens for two periods before it takes anything, so it hears the
     /// members already running (each sends every period).
     listen_until_ms: u64,
+    /// Periods in which a peer's heartbeat did not arrive (gaps between its heartbeats).
+    missed: u64,
 }
 
 impl Membership {
@@ -204,6 +206,7 @@ impl Membership {
             stable_since_ms: now_ms,
             last_input: 0,
             listen_until_ms: now_ms + 2 * settings.period_ms,
+            missed: 0,
             s: settings,
         };
         m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
@@ -239,6 +242,11 @@ impl Membership {
             Some((_, _, a)) => a.default_host,
             None => self.members().first().copied(),
         }
+    }
+
+    /// Heartbeat periods in which a peer's heartbeat did not arrive, since start.
+    pub fn heartbeats_missed(&self) -> u64 {
+        self.missed
     }
 
     /// Every other host heard so far, as its last heartbeat showed it.
@@ -314,6 +322,7 @@ impl Membership {
         let mut fresh = Membership::new(settings, now_ms);
         fresh.events = std::mem::take(&mut self.events);
         fresh.events.push_back(Event::Started);
+        fresh.missed = self.missed;
         *self = fresh;
     }
 
@@ -389,6 +398,17 @@ impl Membership {
                     })
                 {
                     peer.other_code_ms = Some(now_ms);
+                }
+            }
+            if let Some(last) = peer.last_direct_ms {
+                // A gap of k periods means k - 1 heartbeats did not arrive (half a period of
+                // slack for scheduling and delay).
+                let gap = now_ms.saturating_sub(last);
+                let period = self.s.period_ms.max(1);
+                if gap > period + period / 2 {
+                    // A host away longer than the tolerance was failed (or stopped): count
+                    // the periods until then, not its whole absence.
+                    self.missed += ((gap + period / 2) / period - 1).min(self.s.tolerance as u64);
                 }
             }
             peer.last_direct_ms = Some(now_ms);
