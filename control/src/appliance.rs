@@ -1254,6 +1254,14 @@ fn log_event(event: &Event, peers: &Peers) {
             "network partition: host {other_default} is a second default host (duplicate cluster subnets)"
         ),
         Event::DrainComplete => info!("drainstop complete: no connections left, host stopped"),
+        Event::Outvoted { majority } => warn!(
+            "this host's configuration differs from the one hosts {{{}}} share: it takes no traffic until its configuration matches theirs (NLB: inconsistent port rules); see the refusals above for the fields",
+            majority
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 

@@ -539,6 +539,37 @@ fn lossy_reordered_duplicated_and_partitioned_runs_settle_once_healed() {
 }
 
 #[test]
+fn two_hosts_with_different_configurations_never_both_serve() {
+    // One against one: the host with the lower priority keeps serving, the other takes
+    // nothing; whichever starts first.
+    for first in [1u8, 2] {
+        let mut sim = Sim::new(11, 0, vec![Mode::Multiple]);
+        for p in [first, 3 - first] {
+            let mut s = settings(p, 100 + p as u32, &sim.modes);
+            s.config_fingerprint = 0xc0 + p as u32;
+            sim.hosts.insert(
+                p,
+                Host {
+                    core: Membership::new(s, sim.now),
+                    drain_at: BTreeMap::new(),
+                    events: Vec::new(),
+                },
+            );
+            sim.run(sim.now + 10 * PERIOD, |_| {});
+        }
+        sim.run(sim.now + 20 * PERIOD, |_| {});
+        let o2 = sim.hosts[&2].core.ownership();
+        assert!(o2.iter().all(|r| r.owned | r.incoming == 0), "{o2:?}");
+        assert_eq!(sim.hosts[&1].core.members(), vec![1]);
+        assert!(sim.hosts[&1].core.is_converged());
+        assert_eq!(
+            sim.hosts[&1].core.ownership()[0].owned,
+            (1u64 << BUCKETS) - 1
+        );
+    }
+}
+
+#[test]
 fn a_peer_with_other_port_rules_is_refused_and_the_others_keep_serving() {
     let seed = 7;
     let mut sim = converged(seed, 3, vec![Mode::Multiple]);
@@ -553,7 +584,23 @@ fn a_peer_with_other_port_rules_is_refused_and_the_others_keep_serving() {
             events: Vec::new(),
         },
     );
-    sim.run(sim.now + 20 * PERIOD, |_| {});
+    sim.run(sim.now + 20 * PERIOD, |s| {
+        // The odd host never takes a bucket the others serve.
+        let o = s.hosts[&4].core.ownership();
+        assert!(
+            o.iter().all(|r| r.owned | r.incoming == 0 && !r.handler),
+            "{o:?}"
+        );
+    });
+    assert!(
+        sim.hosts[&4].events.contains(&Event::Outvoted {
+            majority: vec![1, 2, 3]
+        }),
+        "{:?}",
+        sim.hosts[&4].events
+    );
+    assert_eq!(sim.hosts[&4].core.state(), HostState::Converging);
+    assert_eq!(sim.hosts[&4].core.default_host(), None);
     for p in 1..=3u8 {
         let h = &sim.hosts[&p];
         assert_eq!(h.core.members(), vec![1, 2, 3]);

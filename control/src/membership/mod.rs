@@ -99,6 +99,10 @@ pub enum Event {
     Partition { other_default: u8 },
     /// Drainstop finished: no connections left, the host stopped.
     DrainComplete,
+    /// This host's shared configuration differs from the one most live hosts run
+    /// (`majority`): it takes no traffic until its configuration matches, so two
+    /// configurations never serve the same buckets.
+    Outvoted { majority: Vec<u8> },
 }
 
 /// Another host as this one sees it (for `query`).
@@ -186,6 +190,8 @@ pub struct Membership {
     listen_until_ms: u64,
     /// Periods in which a peer's heartbeat did not arrive (gaps between its heartbeats).
     missed: u64,
+    /// Set while most live hosts run another configuration: the hosts that do.
+    outvoted: Option<Vec<u8>>,
 }
 
 impl Membership {
@@ -207,6 +213,7 @@ impl Membership {
             last_input: 0,
             listen_until_ms: now_ms + 2 * settings.period_ms,
             missed: 0,
+            outvoted: None,
             s: settings,
         };
         m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
@@ -238,6 +245,9 @@ impl Membership {
     /// The default host: the lowest live member that is not draining (per the agreed
     /// assignment; while none is computed yet, the lowest live member).
     pub fn default_host(&self) -> Option<u8> {
+        if self.outvoted.is_some() {
+            return None;
+        }
         match &self.target {
             Some((_, _, a)) => a.default_host,
             None => self.members().first().copied(),
@@ -543,6 +553,40 @@ impl Membership {
                 .is_some_and(|l| l.state == HostState::Stopped)
     }
 
+    /// When this host's configuration is not the one most live hosts share: the hosts that
+    /// share the winning one. Groups by configuration fingerprint; the largest wins, a tie
+    /// goes to the group with the lowest host priority (every host decides alike).
+    fn config_majority(&self, now_ms: u64) -> Option<Vec<u8>> {
+        let mut groups: Vec<(u32, Vec<u8>)> =
+            vec![(self.s.config_fingerprint, vec![self.s.priority])];
+        for p in 1..=MAX_PRIORITY {
+            if p == self.s.priority || !self.alive(p, now_ms) {
+                continue;
+            }
+            let Some(config) = self.peers[p as usize].last.as_ref().map(|l| l.config) else {
+                continue;
+            };
+            match groups.iter_mut().find(|(c, _)| *c == config) {
+                Some((_, hosts)) => hosts.push(p),
+                None => groups.push((config, vec![p])),
+            }
+        }
+        let winner = groups
+            .iter()
+            .max_by_key(|(_, hosts)| {
+                (
+                    hosts.len(),
+                    std::cmp::Reverse(hosts.iter().min().copied().unwrap_or(u8::MAX)),
+                )
+            })
+            .expect("our own group is there");
+        (winner.0 != self.s.config_fingerprint).then(|| {
+            let mut hosts = winner.1.clone();
+            hosts.sort_unstable();
+            hosts
+        })
+    }
+
     /// The members this host accepts now.
     fn compute_view(&self, now_ms: u64) -> u32 {
         let mut view = 0;
@@ -610,6 +654,29 @@ impl Membership {
     /// Re-evaluates everything: view, agreement, target, hand-off progress.
     fn recompute(&mut self, now_ms: u64) {
         if self.state == HostState::Stopped {
+            return;
+        }
+        let outvoted = self.config_majority(now_ms);
+        if outvoted != self.outvoted {
+            match &outvoted {
+                Some(majority) => self.events.push_back(Event::Outvoted {
+                    majority: majority.clone(),
+                }),
+                None => self.events.push_back(Event::Converging {
+                    reason: "this host's configuration matches the cluster's again".into(),
+                }),
+            }
+            self.outvoted = outvoted;
+        }
+        if self.outvoted.is_some() {
+            // Take nothing: the hosts of the winning configuration take our buckets.
+            self.view = bit(self.s.priority);
+            self.converged = false;
+            self.target = None;
+            self.buckets
+                .iter_mut()
+                .for_each(|r| *r = [Bucket::None; BUCKETS]);
+            self.state = HostState::Converging;
             return;
         }
         let view = self.compute_view(now_ms);
