@@ -33,6 +33,7 @@ use crate::membership::wire::{self, DecodeError};
 use crate::membership::{Event, HostState, Membership, Refusal};
 use crate::neighbour::{Diagnostic, HostFrame, Neighbour, NeighbourConfig};
 use crate::peers::Peers;
+use crate::reload;
 use crate::stats;
 use crate::stats_http::StatsServer;
 use crate::verbs;
@@ -280,11 +281,15 @@ impl ControlQueues {
 }
 
 /// Runs the appliance until `stop` is set (by Ctrl-C or SIGTERM), then stops everything.
+/// Runs the appliance until `stop` is set (by Ctrl-C or SIGTERM), then stops everything.
+/// `reload` (SIGHUP) re-reads `config_path`, as `wlbs reload` does.
 pub fn run(
     config: &Config,
+    config_path: &std::path::Path,
     key: Option<wire::ClusterKey>,
     user_eal_args: &[String],
     stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
 ) -> Result<Summary> {
     let dp = &config.dataplane;
     // The control socket first: a second appliance with the same socket stops here, before
@@ -431,7 +436,7 @@ pub fn run(
         );
     }
     let mut diagnostics = Diagnostics::default();
-    let mac_plan = match (config.cluster.as_ref(), config.host.as_ref()) {
+    let mut mac_plan = match (config.cluster.as_ref(), config.host.as_ref()) {
         (Some(c), Some(h)) => Some(program_cluster_port(
             &mut cluster,
             c,
@@ -451,7 +456,7 @@ pub fn run(
     };
 
     // The filter: this host's table from the configuration and static membership.
-    let view = ClusterView::from_config(config);
+    let mut view = ClusterView::from_config(config);
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     // Dynamic membership (no `[cluster] members`): the core decides what we take; until it
@@ -599,6 +604,8 @@ pub fn run(
     if let Some(a) = stats_server.as_ref().and_then(|s| s.local_addr()) {
         info!("stats: Prometheus metrics at http://{a}/metrics");
     }
+    // The configuration in force (a reload replaces it).
+    let mut current = config.clone();
     let mut control_counts = ControlCounts::default();
     // Convergences and how long each took (from the first "converging" to "converged").
     let mut convergences = 0u64;
@@ -631,8 +638,8 @@ pub fn run(
             control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame);
         }
     }
-    let shared = view.as_ref().map(|v| v.shared_config(config));
-    let rule_codes = shared.as_ref().map(|s| s.rule_codes()).unwrap_or_default();
+    let mut shared = view.as_ref().map(|v| v.shared_config(config));
+    let mut rule_codes = shared.as_ref().map(|s| s.rule_codes()).unwrap_or_default();
     let mut peers = shared.clone().map(Peers::new);
     // Heartbeat send delay against schedule, in ms (1 ms resolution: the control loop's).
     let mut send_jitter =
@@ -834,8 +841,15 @@ pub fn run(
         if let Some(server) = stats_server.as_mut() {
             server.poll(render);
         }
-        ctl.poll(|request| {
-            let cluster = config.cluster.as_ref();
+        let mut reload_now = reload.swap(false, Ordering::Relaxed);
+        let mut reload_waiting = Vec::new();
+        while let Some(pending) = ctl.next_request() {
+            if pending.request == ctl::Request::Reload {
+                reload_now = true;
+                reload_waiting.push(pending);
+                continue;
+            }
+            let cluster = current.cluster.as_ref();
             let facts = verbs::Facts {
                 now_ms: now,
                 view: view.as_ref(),
@@ -850,11 +864,82 @@ pub fn run(
                 heartbeat_late_ms: (!send_jitter.is_empty())
                     .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
             };
-            if request != ctl::Request::Query {
-                info!("control socket: {request:?}");
+            if pending.request != ctl::Request::Query && pending.request != ctl::Request::Stats {
+                info!("control socket: {:?}", pending.request);
             }
-            verbs::answer(request, membership.as_mut(), &facts, render)
-        });
+            let request = pending.request.clone();
+            let _ = pending.answer(&verbs::answer(request, membership.as_mut(), &facts, render));
+        }
+        if reload_now {
+            // A new configuration: valid and applicable, or nothing changes.
+            let outcome = match Config::load(config_path)
+                .map_err(|e| e.to_string())
+                .and_then(|new| reload::plan(&current, &new).map(|plan| (new, plan)))
+            {
+                Err(e) => Err(format!("reload refused, nothing changed: {e}")),
+                Ok((new, plan)) => {
+                    let new_view = ClusterView::from_config(&new);
+                    if let (Some(nv), Some(table)) = (new_view.as_ref(), published.as_ref()) {
+                        match membership.as_mut() {
+                            Some(m) => {
+                                m.reconfigure(nv.membership_settings(&new, 0), &plan.kept, now)
+                            }
+                            None => {
+                                generation += 1;
+                                let (t, _) = nv.table(&nv.static_members(&new), None, generation);
+                                table.store(Arc::new(t));
+                            }
+                        }
+                        // Republish with the new rules even if the ownership bits are equal.
+                        published_state = None;
+                        let new_shared = nv.shared_config(&new);
+                        rule_codes = new_shared.rule_codes();
+                        if let Some(p) = peers.as_mut() {
+                            p.set_ours(new_shared.clone());
+                        }
+                        shared = Some(new_shared);
+                        if let (Some(plan_mac), Some(c), Some(h)) =
+                            (mac_plan.as_mut(), new.cluster.as_ref(), new.host.as_ref())
+                        {
+                            plan_mac.neighbour.vips = c.vips.clone();
+                            plan_mac.neighbour.dedicated_ip = match h.dedicated_ip {
+                                Some(std::net::IpAddr::V4(a)) => Some(a),
+                                _ => None,
+                            };
+                            let n = Neighbour::new(plan_mac.neighbour.clone(), now);
+                            for frame in n.start_frames() {
+                                control_tx.send_bytes(
+                                    &pool,
+                                    Side::Cluster,
+                                    &control_channels[0],
+                                    &frame,
+                                );
+                            }
+                            neighbour = Some(n);
+                        }
+                        // The others hear the new configuration at once.
+                        identity_due_ms = now;
+                    }
+                    view = new_view;
+                    current = new;
+                    Ok(if plan.changes.is_empty() {
+                        "reload: the configuration is unchanged".to_string()
+                    } else {
+                        format!("reload: applied: {}", plan.changes.join("; "))
+                    })
+                }
+            };
+            match &outcome {
+                Ok(line) => info!("{line}"),
+                Err(line) => warn!("{line}"),
+            }
+            for pending in reload_waiting {
+                let _ = pending.answer(&match &outcome {
+                    Ok(line) => ctl::Response::ok(line.clone(), serde_json::Value::Null),
+                    Err(line) => ctl::Response::refused(line.clone()),
+                });
+            }
+        }
         let (Some(m), Some(view), Some(table)) =
             (membership.as_mut(), view.as_ref(), published.as_ref())
         else {
@@ -919,7 +1004,7 @@ pub fn run(
                 version: 0x0206,
                 host_priority: view.priority,
                 cluster_ip: view.spec.cluster_ip,
-                dedicated_ip: match config.host.as_ref().and_then(|h| h.dedicated_ip) {
+                dedicated_ip: match current.host.as_ref().and_then(|h| h.dedicated_ip) {
                     Some(std::net::IpAddr::V4(a)) => Some(a),
                     _ => None,
                 },
@@ -946,7 +1031,7 @@ pub fn run(
             }
         }
         let ownership = m.ownership();
-        let default_host = m.is_converged() && m.default_host() == Some(view.priority);
+        let default_host = m.serves_default();
         let running = m.state() != HostState::Stopped;
         let now_state = (ownership.clone(), default_host, running);
         if published_state.as_ref() != Some(&now_state) {

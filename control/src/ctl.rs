@@ -36,6 +36,8 @@ pub enum Request {
     Drainstop,
     /// The Prometheus text `/metrics` serves.
     Stats,
+    /// Re-read the configuration file and apply what can change while running.
+    Reload,
 }
 
 /// The appliance's answer: `ok` false when the verb failed or does not apply, with `text`
@@ -114,31 +116,64 @@ impl Server {
     /// Serves the clients waiting now. Returns how many requests were answered.
     pub fn poll(&mut self, mut handle: impl FnMut(Request) -> Response) -> usize {
         let mut served = 0;
-        for _ in 0..MAX_PER_POLL {
-            let Ok((stream, _)) = self.listener.accept() else {
-                break;
-            };
-            if serve(stream, &mut handle).is_ok() {
+        while let Some(pending) = self.next_request() {
+            let response = handle(pending.request.clone());
+            if pending.answer(&response).is_ok() {
                 served += 1;
             }
         }
         served
     }
+
+    /// The next request waiting (at most a few per call of a loop that drains it: a client
+    /// that connected but sent nothing within [`READ_TIMEOUT`] is dropped). Garbage is
+    /// answered here and not handed on.
+    pub fn next_request(&mut self) -> Option<Pending> {
+        for _ in 0..MAX_PER_POLL {
+            let (stream, _) = self.listener.accept().ok()?;
+            let Ok(request) = read_request(&stream) else {
+                continue;
+            };
+            match request {
+                Ok(request) => return Some(Pending { request, stream }),
+                Err(e) => {
+                    let _ = write_response(
+                        &stream,
+                        &Response::refused(format!("not a request this appliance knows: {e}")),
+                    );
+                }
+            }
+        }
+        None
+    }
 }
 
-fn serve(stream: UnixStream, handle: &mut impl FnMut(Request) -> Response) -> Result<()> {
+/// A request read from a client, to be answered.
+pub struct Pending {
+    pub request: Request,
+    stream: UnixStream,
+}
+
+impl Pending {
+    pub fn answer(self, response: &Response) -> Result<()> {
+        write_response(&self.stream, response)
+    }
+}
+
+fn read_request(stream: &UnixStream) -> Result<Result<Request, serde_json::Error>> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
-    let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => handle(request),
-        Err(e) => Response::refused(format!("not a request this appliance knows: {e}")),
-    };
-    let mut out = serde_json::to_string(&response)?;
+    BufReader::new(stream.take(MAX_REQUEST)).read_line(&mut line)?;
+    Ok(serde_json::from_str::<Request>(line.trim()))
+}
+
+fn write_response(stream: &UnixStream, response: &Response) -> Result<()> {
+    let mut out = serde_json::to_string(response)?;
     out.push('\n');
-    (&stream).write_all(out.as_bytes())?;
+    let mut w = stream;
+    w.write_all(out.as_bytes())?;
     Ok(())
 }
 

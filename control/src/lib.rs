@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod neighbour;
 pub mod pcap;
 pub mod peers;
+pub mod reload;
 pub mod replay;
 pub mod stats;
 pub mod stats_http;

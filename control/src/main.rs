@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -73,6 +73,8 @@ enum Command {
     Drainstop(Target),
     /// Print the Prometheus metrics (the same text as the HTTP endpoint's /metrics).
     Stats(Target),
+    /// Re-read the appliance's configuration file and apply it (as SIGHUP does).
+    Reload(Target),
 }
 
 /// Which running appliance a verb talks to.
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Start(t) => (t, Request::Start),
         Command::Drainstop(t) => (t, Request::Drainstop),
         Command::Stats(t) => (t, Request::Stats),
+        Command::Reload(t) => (t, Request::Reload),
         other => return run_local(other),
     };
     verb(&target, &request)
@@ -174,7 +177,8 @@ fn run_local(command: Command) -> ExitCode {
         | Command::Stop(_)
         | Command::Start(_)
         | Command::Drainstop(_)
-        | Command::Stats(_) => {
+        | Command::Stats(_)
+        | Command::Reload(_) => {
             unreachable!("verbs go to the appliance")
         }
     };
@@ -219,18 +223,22 @@ fn filter(
 }
 
 fn run(config_path: &std::path::Path, eal: &[String]) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let config = Config::load(config_path)?;
     let key = config.cluster_key(config_path)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || {
-        // A second Ctrl-C while stopping means "now".
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C/SIGTERM handler")?;
-    let summary = appliance::run(&config, key, eal, stop)?;
+    let reload = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // A second Ctrl-C (or SIGTERM) while stopping means "now" (exit 130).
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .context("installing the SIGINT/SIGTERM handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
+    // SIGHUP: re-read the configuration (as `wlbs reload`).
+    signal_hook::flag::register(SIGHUP, Arc::clone(&reload))
+        .context("installing the SIGHUP handler")?;
+    let summary = appliance::run(&config, config_path, key, eal, stop, reload)?;
     eprintln!("{summary}");
     Ok(())
 }

@@ -58,6 +58,12 @@ impl Peers {
         }
     }
 
+    /// Our configuration changed (a reload): differences are compared anew as identities
+    /// arrive.
+    pub fn set_ours(&mut self, ours: SharedConfig) {
+        self.ours = ours;
+    }
+
     pub fn get(&self, priority: u8) -> Option<&PeerInfo> {
         self.by_priority.get(&priority)
     }

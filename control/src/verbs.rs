@@ -37,8 +37,10 @@ pub fn answer(
     facts: &Facts,
     metrics: impl FnOnce() -> String,
 ) -> Response {
-    if request == Request::Stats {
-        return Response::ok(metrics(), serde_json::Value::Null);
+    match request {
+        Request::Stats => return Response::ok(metrics(), serde_json::Value::Null),
+        Request::Reload => unreachable!("the appliance reloads itself"),
+        _ => {}
     }
     let Some(view) = facts.view else {
         return match request {
@@ -46,7 +48,6 @@ pub fn answer(
                 "pass-through: no [cluster] configured, every frame is forwarded unchanged",
                 json!({"state": "pass_through"}),
             ),
-            Request::Stats => unreachable!("answered above"),
             _ => Response::refused(
                 "pass-through mode (no [cluster]): there is no cluster to leave or join",
             ),
@@ -88,7 +89,7 @@ pub fn answer(
             m.start(now);
             Response::ok(state_line(m, view.priority), state_json(m))
         }
-        Request::Stats => unreachable!("answered above"),
+        Request::Stats | Request::Reload => unreachable!("answered above"),
         Request::Drainstop => {
             if m.state() == HostState::Stopped {
                 return Response::refused(state_line(m, view.priority) + ": already stopped");

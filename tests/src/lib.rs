@@ -147,6 +147,11 @@ impl Appliance {
         }
     }
 
+    /// The child's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }

@@ -192,6 +192,9 @@ pub struct Membership {
     missed: u64,
     /// Set while most live hosts run another configuration: the hosts that do.
     outvoted: Option<Vec<u8>>,
+    /// The default host of the last agreement: it keeps taking default-host traffic while
+    /// the cluster converges again, as the buckets keep their owners.
+    agreed_default: Option<u8>,
 }
 
 impl Membership {
@@ -214,6 +217,7 @@ impl Membership {
             listen_until_ms: now_ms + 2 * settings.period_ms,
             missed: 0,
             outvoted: None,
+            agreed_default: None,
             s: settings,
         };
         m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
@@ -278,6 +282,20 @@ impl Membership {
             .collect()
     }
 
+    /// Whether this host takes the traffic no port rule covers: it is the default host of the
+    /// current agreement, or, while the cluster converges again, of the last one.
+    pub fn serves_default(&self) -> bool {
+        if self.outvoted.is_some() || self.draining || self.state == HostState::Stopped {
+            return false;
+        }
+        let default = if self.converged {
+            self.default_host()
+        } else {
+            self.agreed_default
+        };
+        default == Some(self.s.priority)
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -334,6 +352,53 @@ impl Membership {
         fresh.events.push_back(Event::Started);
         fresh.missed = self.missed;
         *self = fresh;
+    }
+
+    /// Applies a reloaded configuration of this host. `kept[r]` is the index, in the old
+    /// configuration, of new rule `r` when that rule did not change: its buckets keep their
+    /// state (and the data plane keeps forwarding with them while the cluster converges
+    /// again); a new or changed rule starts with nothing until the cluster agrees on it.
+    /// The host priority stays; peers see the new fingerprint and converge again (those not
+    /// reloaded yet are refused meanwhile, and the configuration most hosts run serves).
+    pub fn reconfigure(&mut self, settings: Settings, kept: &[Option<usize>], now_ms: u64) {
+        let old_buckets = std::mem::take(&mut self.buckets);
+        let old_idle = std::mem::take(&mut self.idle_local);
+        let rules = settings.modes.len();
+        self.buckets = (0..rules)
+            .map(|r| {
+                kept.get(r)
+                    .copied()
+                    .flatten()
+                    .and_then(|o| old_buckets.get(o).copied())
+                    .unwrap_or([Bucket::None; BUCKETS])
+            })
+            .collect();
+        self.idle_local = (0..rules)
+            .map(|r| {
+                kept.get(r)
+                    .copied()
+                    .flatten()
+                    .and_then(|o| old_idle.get(o).copied())
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.s = Settings {
+            priority: self.s.priority,
+            host_code: self.s.host_code,
+            ..settings
+        };
+        if self.state == HostState::Stopped {
+            return;
+        }
+        self.events.push_back(Event::Converging {
+            reason: "configuration reloaded".into(),
+        });
+        self.converged = false;
+        self.target = None;
+        self.stable_since_ms = now_ms;
+        // Tell the others at once.
+        self.next_ping_ms = now_ms;
+        self.recompute(now_ms);
     }
 
     fn enter_stopped(&mut self) {
@@ -749,6 +814,7 @@ impl Membership {
                 });
             if agreed && !self.converged {
                 self.converged = true;
+                self.agreed_default = self.default_host();
                 self.events.push_back(Event::Converged {
                     members: members_of(self.view),
                     default_host: self.default_host(),
