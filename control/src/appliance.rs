@@ -3,6 +3,7 @@
 //! asked to stop. Then it stops the workers and the ports and reports what went through.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,10 +31,11 @@ use crate::heartbeat;
 use crate::macfilter::{self, MacPort};
 use crate::macs::{ClusterMacs, IgmpVersion, MacMode};
 use crate::membership::wire::{self, DecodeError};
-use crate::membership::{Event, HostState, Membership, Refusal};
+use crate::membership::{Event, Membership, Refusal};
 use crate::neighbour::{Diagnostic, HostFrame, Neighbour, NeighbourConfig};
 use crate::peers::Peers;
 use crate::reload;
+use crate::remote;
 use crate::stats;
 use crate::stats_http::StatsServer;
 use crate::verbs;
@@ -505,6 +507,17 @@ pub fn run(
         udp_idle_ms: dp.udp_idle_timeout_s.saturating_mul(1000),
     };
     let tsc_per_ms = (dpdk::tsc_hz() / 1000).max(1);
+    // Remote control: UDP to the cluster IP and port, for the control thread.
+    let remote_control_addr = config
+        .cluster
+        .as_ref()
+        .filter(|_| config.remote_control.enabled)
+        .map(|c| (c.ip.octets(), config.remote_control.port));
+    let mut remote = match (remote_control_addr, key.as_ref(), config.host.as_ref()) {
+        (Some(_), Some(k), Some(h)) => Some(remote::Receiver::new(k.bytes().to_vec(), h.priority)),
+        _ => None,
+    };
+    let mut remote_refused = 0u64;
     let per_worker_connections = (dp.max_connections as usize).div_ceil(dp.workers as usize);
     let mut filter_counters: Vec<Arc<FilterCounters>> = Vec::new();
     let mut connection_counts: Vec<Arc<ConnectionCounts>> = Vec::new();
@@ -533,6 +546,7 @@ pub fn run(
                     mac: MacPolicy {
                         cluster_mac: plan.cluster_mac.0,
                         masked_source: plan.masked_source.map(|m| m.0),
+                        remote_control: remote_control_addr,
                     },
                 }
             })
@@ -667,8 +681,40 @@ pub fn run(
         std::thread::sleep(tick);
         let now = now_ms();
         let mut peers_changed = false;
+        let mut remote_requests = Vec::new();
         for ch in &control_channels {
             while let Some(frame) = ch.ring.pop() {
+                if let (Some((ip, port)), Some(r)) = (remote_control_addr, remote.as_mut()) {
+                    if worker::is_udp_to(frame.data(), ip, port) {
+                        let Some(d) = RemoteDatagram::parse(frame.data()) else {
+                            continue;
+                        };
+                        let wall = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        match r.accept(&d.payload, wall) {
+                            Ok(Some((request, command))) => {
+                                info!("remote control from {}: {}", d.src_ip, command.verb);
+                                remote_requests.push((request, command, d));
+                            }
+                            Ok(None) => {}
+                            Err(why) => {
+                                remote_refused += 1;
+                                // Rate limited: the first, then one line per 100.
+                                if remote_refused % 100 == 1 {
+                                    warn!(
+                                        "remote control command from {}:{} refused: {} ({} refused so far)",
+                                        d.src_ip,
+                                        d.src_port,
+                                        why.label(),
+                                        remote_refused
+                                    );
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                }
                 if !worker::is_nlb_frame(frame.data()) {
                     // ARP, neighbour discovery, IGMP from the wire.
                     let Some(n) = neighbour.as_mut() else {
@@ -782,6 +828,11 @@ pub fn run(
         let membership_now = membership
             .as_ref()
             .map(|m| (m.state(), m.members().len(), m.heartbeats_missed()));
+        let remote_counts: Vec<(&'static str, u64)> = remote.as_ref().map_or(Vec::new(), |r| {
+            let mut v: Vec<_> = r.counts.iter().map(|(k, n)| (*k, *n)).collect();
+            v.sort_unstable();
+            v
+        });
         let render = || {
             let snapshots: Vec<Histogram<u64>> = burst_times
                 .iter()
@@ -835,7 +886,7 @@ pub fn run(
                     }
                 }),
                 diagnostics: &diagnostics,
-                remote: &[],
+                remote: &remote_counts,
             })
         };
         if let Some(server) = stats_server.as_mut() {
@@ -843,6 +894,31 @@ pub fn run(
         }
         let mut reload_now = reload.swap(false, Ordering::Relaxed);
         let mut reload_waiting = Vec::new();
+        for (request, command, from) in remote_requests {
+            let cluster = current.cluster.as_ref();
+            let facts = verbs::Facts {
+                now_ms: now,
+                view: view.as_ref(),
+                peers: peers.as_ref(),
+                host_name: &host_name,
+                static_members: cluster.and_then(|c| c.members.clone()),
+                heartbeat_period_ms: cluster.map_or(0, |c| c.heartbeat_period_ms),
+                heartbeat_tolerance: cluster.map_or(0, |c| c.heartbeat_tolerance),
+                descriptors_live: connection_counts.iter().map(|c| c.live()).sum(),
+                diagnostics: &diagnostics,
+                mac: mac_plan.as_ref().map(|p| p.describe.as_str()),
+                heartbeat_late_ms: (!send_jitter.is_empty())
+                    .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
+            };
+            let response = verbs::answer(request, membership.as_mut(), &facts, render);
+            if let (Some(r), Some(plan), Some((ip, port))) =
+                (remote.as_ref(), mac_plan.as_ref(), remote_control_addr)
+            {
+                let answer = r.answer(&command, &response);
+                let frame = from.reply(plan.source, Ipv4Addr::from(ip), port, &answer);
+                control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame);
+            }
+        }
         while let Some(pending) = ctl.next_request() {
             if pending.request == ctl::Request::Reload {
                 reload_now = true;
@@ -1032,7 +1108,7 @@ pub fn run(
         }
         let ownership = m.ownership();
         let default_host = m.serves_default();
-        let running = m.state() != HostState::Stopped;
+        let running = !m.is_stopped();
         let now_state = (ownership.clone(), default_host, running);
         if published_state.as_ref() != Some(&now_state) {
             generation += 1;
@@ -1114,6 +1190,66 @@ pub fn run(
     cluster.stop().context("stopping the cluster port")?;
     host.stop().context("stopping the host port")?;
     Ok(summary)
+}
+
+/// A remote control datagram as it arrived: who sent it, and the command.
+struct RemoteDatagram {
+    src_mac: [u8; 6],
+    src_ip: Ipv4Addr,
+    src_port: u16,
+    payload: Vec<u8>,
+}
+
+impl RemoteDatagram {
+    /// An untagged IPv4/UDP frame (`worker::is_udp_to` checked the rest).
+    fn parse(frame: &[u8]) -> Option<RemoteDatagram> {
+        let ihl = (*frame.get(14)? & 0x0f) as usize * 4;
+        let total = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]) as usize;
+        let udp = frame.get(14 + ihl..14 + total.max(ihl))?;
+        let len = u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]) as usize;
+        Some(RemoteDatagram {
+            src_mac: frame.get(6..12)?.try_into().ok()?,
+            src_ip: Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
+            src_port: u16::from_be_bytes([udp[0], udp[1]]),
+            payload: udp.get(8..len.max(8))?.to_vec(),
+        })
+    }
+
+    /// The answer, from the cluster IP and port back to the sender.
+    fn reply(
+        &self,
+        src_mac: EthernetAddress,
+        cluster_ip: Ipv4Addr,
+        port: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let udp_len = 8 + payload.len();
+        let total = 20 + udp_len;
+        let mut f = Vec::with_capacity(14 + total);
+        f.extend_from_slice(&self.src_mac);
+        f.extend_from_slice(&src_mac.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[6] = 0x40; // don't fragment
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&cluster_ip.octets());
+        ip[16..20].copy_from_slice(&self.src_ip.octets());
+        let sum = !wlbs_dataplane::wire::checksum::data(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&port.to_be_bytes());
+        f.extend_from_slice(&self.src_port.to_be_bytes());
+        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]); // no UDP checksum (optional over IPv4)
+        f.extend_from_slice(payload);
+        if f.len() < 60 {
+            f.resize(60, 0);
+        }
+        f
+    }
 }
 
 /// Which port a control frame leaves on.

@@ -30,6 +30,32 @@ pub struct Config {
     pub control: Control,
     #[serde(default)]
     pub stats: Stats,
+    #[serde(default)]
+    pub remote_control: RemoteControl,
+}
+
+/// `[remote_control]`: the verbs over UDP to the cluster IP, authenticated with the cluster
+/// key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteControl {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_remote_port")]
+    pub port: u16,
+}
+
+impl Default for RemoteControl {
+    fn default() -> RemoteControl {
+        RemoteControl {
+            enabled: false,
+            port: default_remote_port(),
+        }
+    }
+}
+
+fn default_remote_port() -> u16 {
+    crate::remote::DEFAULT_PORT
 }
 
 /// `[stats]`: the Prometheus endpoint.
@@ -574,6 +600,23 @@ impl Config {
                 format!("{:?}", self.stats.listen),
                 "must be an address and port such as \"127.0.0.1:9470\" or \"[::1]:9470\", or \"off\"".into(),
             ));
+        }
+        if self.remote_control.enabled {
+            let keyed = self.cluster.as_ref().is_some_and(|c| c.key_file.is_some());
+            if !keyed {
+                return Err(invalid(
+                    "[remote_control] enabled",
+                    "true".into(),
+                    "needs [cluster] key_file: remote commands are accepted only when signed with the cluster key".into(),
+                ));
+            }
+            if self.remote_control.port == 0 {
+                return Err(invalid(
+                    "[remote_control] port",
+                    "0".into(),
+                    "must be a UDP port, 1..65535 (default 2504)".into(),
+                ));
+            }
         }
         let socket = self.control.socket.as_os_str().len();
         if socket == 0 || socket > 107 {

@@ -38,6 +38,10 @@ pub enum Request {
     Stats,
     /// Re-read the configuration file and apply what can change while running.
     Reload,
+    /// Stop, and ignore start, stop and drainstop (local or remote) until resume.
+    Suspend,
+    /// Accept start, stop and drainstop again (the host stays stopped until start).
+    Resume,
 }
 
 /// The appliance's answer: `ok` false when the verb failed or does not apply, with `text`

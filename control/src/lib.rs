@@ -17,6 +17,7 @@ pub mod neighbour;
 pub mod pcap;
 pub mod peers;
 pub mod reload;
+pub mod remote;
 pub mod replay;
 pub mod stats;
 pub mod stats_http;

@@ -75,6 +75,10 @@ enum Command {
     Stats(Target),
     /// Re-read the appliance's configuration file and apply it (as SIGHUP does).
     Reload(Target),
+    /// Stop, and ignore start, stop and drainstop (local or remote) until resume.
+    Suspend(Target),
+    /// Accept start, stop and drainstop again after suspend (the host stays stopped).
+    Resume(Target),
 }
 
 /// Which running appliance a verb talks to.
@@ -89,6 +93,22 @@ struct Target {
     /// Print the answer as JSON, for scripts.
     #[arg(long)]
     json: bool,
+    /// Ask over the network instead: `cluster` (every host answers) or `cluster:<priority>`,
+    /// by UDP to the cluster IP, signed with the cluster key ([remote_control]).
+    #[arg(long, value_name = "cluster|cluster:N")]
+    remote: Option<wlbs_control::remote::Target>,
+    /// The cluster IP to send to (default: [cluster] ip of --config).
+    #[arg(long, requires = "remote")]
+    cluster_ip: Option<std::net::Ipv4Addr>,
+    /// The cluster key file (default: [cluster] key_file of --config).
+    #[arg(long, requires = "remote")]
+    key_file: Option<PathBuf>,
+    /// The remote control UDP port (default: [remote_control] port of --config, else 2504).
+    #[arg(long, requires = "remote")]
+    port: Option<u16>,
+    /// How long to wait for answers, in milliseconds.
+    #[arg(long, default_value_t = 1000, requires = "remote")]
+    wait_ms: u64,
 }
 
 /// Exit status of a verb the appliance refused (e.g. stop while stopped).
@@ -114,6 +134,8 @@ fn main() -> ExitCode {
         Command::Drainstop(t) => (t, Request::Drainstop),
         Command::Stats(t) => (t, Request::Stats),
         Command::Reload(t) => (t, Request::Reload),
+        Command::Suspend(t) => (t, Request::Suspend),
+        Command::Resume(t) => (t, Request::Resume),
         other => return run_local(other),
     };
     verb(&target, &request)
@@ -121,6 +143,9 @@ fn main() -> ExitCode {
 
 /// Sends a verb to a running appliance and prints its answer.
 fn verb(target: &Target, request: &Request) -> ExitCode {
+    if let Some(remote) = target.remote {
+        return remote_verb(target, remote, request);
+    }
     let socket = match (&target.socket, &target.config) {
         (Some(s), _) => s.clone(),
         (None, Some(c)) => match Config::load(c) {
@@ -157,6 +182,103 @@ fn verb(target: &Target, request: &Request) -> ExitCode {
     }
 }
 
+/// A verb over remote control: every answer printed, one per host.
+fn remote_verb(target: &Target, to: wlbs_control::remote::Target, request: &Request) -> ExitCode {
+    let verb = match request {
+        Request::Query => "query",
+        Request::Stop => "stop",
+        Request::Start => "start",
+        Request::Drainstop => "drainstop",
+        Request::Suspend => "suspend",
+        Request::Resume => "resume",
+        other => {
+            eprintln!("wlbs: error: {other:?} is local only (use the control socket)");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let config = match target
+        .config
+        .as_ref()
+        .map(|c| Config::load(c).map(|cfg| (c, cfg)))
+    {
+        Some(Err(e)) => {
+            eprintln!("wlbs: error: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        Some(Ok(c)) => Some(c),
+        None => None,
+    };
+    let cluster = config.as_ref().and_then(|(_, c)| c.cluster.as_ref());
+    let Some(cluster_ip) = target.cluster_ip.or(cluster.map(|c| c.ip)) else {
+        eprintln!("wlbs: error: --remote needs --cluster-ip (or --config with [cluster] ip)");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    };
+    let key = match (&target.key_file, config.as_ref()) {
+        (Some(file), _) => {
+            std::fs::read(file).map_err(|e| format!("--key-file {}: {e}", file.display()))
+        }
+        (None, Some((path, c))) => match c.cluster_key(path) {
+            Ok(Some(k)) => Ok(k.bytes().to_vec()),
+            Ok(None) => Err("--config has no [cluster] key_file".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        (None, None) => {
+            Err("--remote needs --key-file (or --config with [cluster] key_file)".into())
+        }
+    };
+    let key = match key {
+        Ok(k) if k.len() >= 16 => k,
+        Ok(_) => {
+            eprintln!("wlbs: error: the cluster key must be at least 16 bytes");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        Err(e) => {
+            eprintln!("wlbs: error: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let port = target
+        .port
+        .or(config.as_ref().map(|(_, c)| c.remote_control.port))
+        .unwrap_or(wlbs_control::remote::DEFAULT_PORT);
+    let wait = std::time::Duration::from_millis(target.wait_ms);
+    match wlbs_control::remote::send(&key, cluster_ip, port, verb, to, wait) {
+        Ok(answers) if answers.is_empty() => {
+            eprintln!(
+                "wlbs: no host answered {verb} at {cluster_ip}:{port} within {} ms",
+                target.wait_ms
+            );
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Ok(answers) => {
+            if target.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&answers).unwrap_or_default()
+                );
+            } else {
+                for a in &answers {
+                    let line = format!("host {}: {}", a.host, a.text);
+                    if a.ok {
+                        println!("{line}");
+                    } else {
+                        eprintln!("wlbs: {line}");
+                    }
+                }
+            }
+            if answers.iter().all(|a| a.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REFUSED)
+            }
+        }
+        Err(e) => {
+            eprintln!("wlbs: error: {e:#}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
 /// The commands that do their work in this process.
 fn run_local(command: Command) -> ExitCode {
     let result = match command {
@@ -178,7 +300,9 @@ fn run_local(command: Command) -> ExitCode {
         | Command::Start(_)
         | Command::Drainstop(_)
         | Command::Stats(_)
-        | Command::Reload(_) => {
+        | Command::Reload(_)
+        | Command::Suspend(_)
+        | Command::Resume(_) => {
             unreachable!("verbs go to the appliance")
         }
     };

@@ -73,25 +73,56 @@ pub fn answer(
         };
     };
     let now = facts.now_ms;
+    let suspended = m.state() == HostState::Suspended;
+    let refuse_suspended = |m: &Membership| {
+        Response::refused(
+            state_line(m, view.priority)
+                + ": suspended, it ignores start, stop and drainstop until resume",
+        )
+    };
     match request {
         Request::Query => query(m, view, facts),
+        Request::Stop | Request::Start | Request::Drainstop if suspended => refuse_suspended(m),
         Request::Stop => {
-            if m.state() == HostState::Stopped {
+            if m.is_stopped() {
                 return Response::refused(state_line(m, view.priority) + ": already stopped");
             }
             m.stop(now);
             Response::ok(state_line(m, view.priority), state_json(m))
         }
         Request::Start => {
-            if m.state() != HostState::Stopped {
+            if !m.is_stopped() {
                 return Response::refused(state_line(m, view.priority) + ": already started");
             }
             m.start(now);
             Response::ok(state_line(m, view.priority), state_json(m))
         }
+        Request::Suspend => {
+            if suspended {
+                return Response::refused(state_line(m, view.priority) + ": already suspended");
+            }
+            m.suspend(now);
+            Response::ok(
+                format!(
+                    "{}: stopped; start, stop and drainstop are ignored until resume",
+                    state_line(m, view.priority)
+                ),
+                state_json(m),
+            )
+        }
+        Request::Resume => {
+            if !suspended {
+                return Response::refused(state_line(m, view.priority) + ": not suspended");
+            }
+            m.resume();
+            Response::ok(
+                format!("{}: start it to rejoin", state_line(m, view.priority)),
+                state_json(m),
+            )
+        }
         Request::Stats | Request::Reload => unreachable!("answered above"),
         Request::Drainstop => {
-            if m.state() == HostState::Stopped {
+            if m.is_stopped() {
                 return Response::refused(state_line(m, view.priority) + ": already stopped");
             }
             m.drainstop(now);
@@ -186,8 +217,9 @@ fn query(m: &Membership, view: &ClusterView, facts: &Facts) -> Response {
         let name = info.name.clone().unwrap_or_default();
         let buckets = buckets_per_rule(m, rules, peer.priority);
         // A host no longer heard counts as gone from the cluster, as in NLB.
-        let (state, key, code) = match (peer.alive, peer.state) {
+        let (state, key, code): (String, &str, u32) = match (peer.alive, peer.state) {
             (_, HostState::Stopped) => ("stopped".to_string(), "stopped", 1005),
+            (_, HostState::Suspended) => ("suspended".to_string(), "suspended", 1013),
             (false, _) => ("not heard (failed)".to_string(), "failed", 1005),
             (true, s) => (
                 format!("{} ({})", s.name(), s.nlb_code()),

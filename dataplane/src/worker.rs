@@ -168,6 +168,20 @@ pub struct MacPolicy {
     /// Unicast mode with masking: the source every frame leaving the cluster port carries
     /// (02-<priority>-<cluster IP>).
     pub masked_source: Option<[u8; 6]>,
+    /// Remote control: UDP to this address and port goes to the control thread.
+    pub remote_control: Option<([u8; 4], u16)>,
+}
+
+/// An untagged IPv4/UDP frame to `addr`:`port` (a remote control command).
+#[inline]
+pub fn is_udp_to(frame: &[u8], addr: [u8; 4], port: u16) -> bool {
+    if frame.get(12..14) != Some(&[0x08, 0x00][..]) || frame.get(23) != Some(&17) {
+        return false;
+    }
+    let ihl = frame.get(14).map_or(0, |v| (v & 0x0f) as usize * 4);
+    frame.get(30..34) == Some(&addr[..])
+        && ihl >= 20
+        && frame.get(14 + ihl + 2..14 + ihl + 4) == Some(&port.to_be_bytes()[..])
 }
 
 /// EtherType of NLB heartbeats (and other Microsoft cluster frames: the control thread checks
@@ -511,13 +525,16 @@ fn filter_inbound(
         let filter = &mut f.filter;
         let control = &f.control;
         let cluster_mac = f.mac.cluster_mac;
+        let remote = f.mac.remote_control;
         let mut tally = Tally::default();
         burst.retain_or(
             |m| {
                 if m.data().get(6..12) == Some(&cluster_mac[..]) {
                     note_leak(control, m.data());
                 }
-                if is_control_frame(m.data()) {
+                if is_control_frame(m.data())
+                    || remote.is_some_and(|(ip, port)| is_udp_to(m.data(), ip, port))
+                {
                     reject.set(Reject::Control);
                     return false;
                 }
@@ -653,6 +670,25 @@ mod tests {
         f[12..14].copy_from_slice(&[0x81, 0x00]);
         f[16..18].copy_from_slice(&[0x08, 0x06]);
         assert!(!is_neighbour_frame(&f));
+    }
+
+    #[test]
+    fn remote_control_datagrams_are_recognised_by_address_and_port() {
+        let mut f = [0u8; 64];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = 17;
+        f[30..34].copy_from_slice(&[192, 0, 2, 10]);
+        f[36..38].copy_from_slice(&2504u16.to_be_bytes());
+        assert!(is_udp_to(&f, [192, 0, 2, 10], 2504));
+        assert!(!is_udp_to(&f, [192, 0, 2, 11], 2504));
+        assert!(!is_udp_to(&f, [192, 0, 2, 10], 2505));
+        f[23] = 6;
+        assert!(!is_udp_to(&f, [192, 0, 2, 10], 2504), "TCP");
+        f[23] = 17;
+        f[14] = 0x46; // options: the port moves 4 bytes on
+        assert!(!is_udp_to(&f, [192, 0, 2, 10], 2504));
+        assert!(!is_udp_to(&f[..36], [192, 0, 2, 10], 2504));
     }
 
     #[test]

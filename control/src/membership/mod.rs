@@ -228,6 +228,11 @@ impl Membership {
         self.s.priority
     }
 
+    /// Stopped or suspended: takes nothing, sends nothing.
+    pub fn is_stopped(&self) -> bool {
+        self.state.is_stopped()
+    }
+
     pub fn state(&self) -> HostState {
         self.state
     }
@@ -285,7 +290,7 @@ impl Membership {
     /// Whether this host takes the traffic no port rule covers: it is the default host of the
     /// current agreement, or, while the cluster converges again, of the last one.
     pub fn serves_default(&self) -> bool {
-        if self.outvoted.is_some() || self.draining || self.state == HostState::Stopped {
+        if self.outvoted.is_some() || self.draining || self.is_stopped() {
             return false;
         }
         let default = if self.converged {
@@ -303,7 +308,7 @@ impl Membership {
     /// When `handle_timeout` wants to run next (never, once stopped and the last heartbeat
     /// sent).
     pub fn poll_timeout(&self) -> u64 {
-        if self.state == HostState::Stopped && !self.farewell {
+        if self.is_stopped() && !self.farewell {
             u64::MAX
         } else {
             self.next_ping_ms
@@ -312,7 +317,7 @@ impl Membership {
 
     /// Drainstop: take no new connections, let existing ones finish, then stop.
     pub fn drainstop(&mut self, now_ms: u64) {
-        if self.state == HostState::Stopped {
+        if self.is_stopped() {
             return;
         }
         self.draining = true;
@@ -327,7 +332,7 @@ impl Membership {
     /// Stop: take nothing from now on (connections in progress break, as with NLB's `stop`;
     /// use `drainstop` to let them finish). One last heartbeat tells the others.
     pub fn stop(&mut self, now_ms: u64) {
-        if self.state == HostState::Stopped {
+        if self.is_stopped() {
             return;
         }
         self.enter_stopped();
@@ -335,8 +340,21 @@ impl Membership {
         self.events.push_back(Event::Stopped);
     }
 
+    /// Suspend: stop (as `stop`), and stay stopped whatever start asks until `resume`.
+    pub fn suspend(&mut self, now_ms: u64) {
+        self.stop(now_ms);
+        self.state = HostState::Suspended;
+    }
+
+    /// Resume after a suspend: the host is stopped and takes `start` again.
+    pub fn resume(&mut self) {
+        if self.state == HostState::Suspended {
+            self.state = HostState::Stopped;
+        }
+    }
+
     /// Start again after a stop or a completed drainstop: listen, then converge as a new
-    /// member would. Does nothing while running.
+    /// member would. Does nothing while running or suspended.
     pub fn start(&mut self, now_ms: u64) {
         if self.state != HostState::Stopped {
             return;
@@ -387,7 +405,7 @@ impl Membership {
             host_code: self.s.host_code,
             ..settings
         };
-        if self.state == HostState::Stopped {
+        if self.is_stopped() {
             return;
         }
         self.events.push_back(Event::Converging {
@@ -434,7 +452,7 @@ impl Membership {
                         Bucket::None | Bucket::Pending { .. } => {}
                     }
                 }
-                o.handler = self.state != HostState::Stopped
+                o.handler = !self.is_stopped()
                     && target.is_some_and(|t| t.rules[r].handler == Some(self.s.priority));
                 o
             })
@@ -444,7 +462,7 @@ impl Membership {
     /// A peer's heartbeat.
     pub fn handle_ping(&mut self, now_ms: u64, ping: &Ping) {
         let p = ping.priority;
-        if p == 0 || p > MAX_PRIORITY || self.state == HostState::Stopped {
+        if p == 0 || p > MAX_PRIORITY || self.is_stopped() {
             return;
         }
         if p == self.s.priority {
@@ -458,7 +476,7 @@ impl Membership {
         let was_alive = self.alive(p, now_ms);
         {
             let peer = &mut self.peers[p as usize];
-            if ping.state == HostState::Stopped {
+            if ping.state.is_stopped() {
                 peer.stopped_code = Some(ping.host_code);
             } else if peer.stopped_code == Some(ping.host_code) {
                 return;
@@ -467,7 +485,7 @@ impl Membership {
                 // A new instance right after the old one said it stopped is a restart, not
                 // a second host with the same priority.
                 if last.host_code != ping.host_code
-                    && last.state != HostState::Stopped
+                    && !last.state.is_stopped()
                     && peer.last_direct_ms.is_some_and(|t| {
                         now_ms.saturating_sub(t) <= self.s.period_ms * self.s.tolerance as u64
                     })
@@ -540,7 +558,7 @@ impl Membership {
 
     /// Our heartbeat, when one is due (every period).
     pub fn poll_transmit(&mut self, now_ms: u64) -> Option<Ping> {
-        if self.state == HostState::Stopped {
+        if self.is_stopped() {
             if !std::mem::take(&mut self.farewell) {
                 return None;
             }
@@ -602,7 +620,7 @@ impl Membership {
 
     fn alive(&self, p: u8, now_ms: u64) -> bool {
         if p == self.s.priority {
-            return self.state != HostState::Stopped;
+            return !self.is_stopped();
         }
         let peer = &self.peers[p as usize];
         let last = peer
@@ -612,10 +630,7 @@ impl Membership {
         (peer.last_direct_ms.is_some() || peer.last_indirect_ms.is_some())
             && now_ms.saturating_sub(last) <= self.window_ms()
             && peer.last.is_some()
-            && !peer
-                .last
-                .as_ref()
-                .is_some_and(|l| l.state == HostState::Stopped)
+            && !peer.last.as_ref().is_some_and(|l| l.state.is_stopped())
     }
 
     /// When this host's configuration is not the one most live hosts share: the hosts that
@@ -718,7 +733,7 @@ impl Membership {
 
     /// Re-evaluates everything: view, agreement, target, hand-off progress.
     fn recompute(&mut self, now_ms: u64) {
-        if self.state == HostState::Stopped {
+        if self.is_stopped() {
             return;
         }
         let outvoted = self.config_majority(now_ms);
@@ -753,7 +768,7 @@ impl Membership {
                 let left = self.peers[p as usize]
                     .last
                     .as_ref()
-                    .is_some_and(|l| l.state == HostState::Stopped);
+                    .is_some_and(|l| l.state.is_stopped());
                 self.events.push_back(if left {
                     Event::HostLeft { priority: p }
                 } else {

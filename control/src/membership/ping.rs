@@ -15,6 +15,11 @@ pub enum HostState {
 }
 
 impl HostState {
+    /// Stopped or suspended: out of the cluster.
+    pub fn is_stopped(self) -> bool {
+        matches!(self, HostState::Stopped | HostState::Suspended)
+    }
+
     pub fn is_converged(self) -> bool {
         matches!(self, HostState::Converged | HostState::ConvergedDefault)
     }

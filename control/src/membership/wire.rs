@@ -53,6 +53,11 @@ impl ClusterKey {
         (bytes.len() >= 16).then_some(ClusterKey(bytes))
     }
 
+    /// The key material (remote control signs with the same key).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// HMAC-SHA256 over `payload` with the 32 bytes at `tag` read as zeros.
     fn tag_at(&self, payload: &[u8], tag: std::ops::Range<usize>) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
