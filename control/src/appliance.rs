@@ -909,6 +909,8 @@ pub fn run(
                 mac: mac_plan.as_ref().map(|p| p.describe.as_str()),
                 heartbeat_late_ms: (!send_jitter.is_empty())
                     .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
+                config: &current,
+                rule_figures: rule_figures(&filter_counters, &connection_counts, view.as_ref()),
             };
             let response = verbs::answer(request, membership.as_mut(), &facts, render);
             if let (Some(r), Some(plan), Some((ip, port))) =
@@ -939,6 +941,8 @@ pub fn run(
                 mac: mac_plan.as_ref().map(|p| p.describe.as_str()),
                 heartbeat_late_ms: (!send_jitter.is_empty())
                     .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
+                config: &current,
+                rule_figures: rule_figures(&filter_counters, &connection_counts, view.as_ref()),
             };
             if pending.request != ctl::Request::Query && pending.request != ctl::Request::Stats {
                 info!("control socket: {:?}", pending.request);
@@ -1418,6 +1422,27 @@ fn program_cluster_port(
         neighbour,
         describe: programmed.to_string(),
     })
+}
+
+/// Per rule: live descriptors and accepted packets, summed over the workers.
+fn rule_figures(
+    filter: &[Arc<FilterCounters>],
+    connections: &[Arc<ConnectionCounts>],
+    view: Option<&ClusterView>,
+) -> Vec<(u64, u64)> {
+    let rules = view.map_or(0, |v| v.modes.len());
+    (0..rules as u8)
+        .map(|r| {
+            let live: u64 = wlbs_dataplane::conn::sum_buckets(connections, r)
+                .iter()
+                .map(|&n| n as u64)
+                .sum();
+            let accepted: u64 = (0..wlbs_dataplane::filter::BUCKETS as u8)
+                .map(|b| filter.iter().map(|c| c.accepted(r, b)).sum::<u64>())
+                .sum();
+            (live, accepted)
+        })
+        .collect()
 }
 
 /// Membership events, named as NLB's event log names them.

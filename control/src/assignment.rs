@@ -18,6 +18,11 @@ use wlbs_dataplane::filter::{Mode, BUCKETS};
 /// No owner (no live member, or a rule that is not multiple-host).
 pub const NOBODY: u8 = 0;
 
+/// A load weight meaning "takes no part in this rule" (the rule is drained or disabled on that
+/// host): unlike weight 0, which shares equally when every member has it, such a member
+/// never gets a bucket; with every member out, nobody does.
+pub const OUT_OF_RULE: u8 = u8::MAX;
+
 /// One live member and its per-rule parameters (index = rule index).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -134,6 +139,11 @@ pub fn assign(modes: &[Mode], members: &[Member], previous: Option<&Assignment>)
 
 fn split(rule: usize, live: &[&Member], previous: Option<&RuleAssignment>) -> [u8; BUCKETS] {
     let mut owners = [NOBODY; BUCKETS];
+    let live: Vec<&Member> = live
+        .iter()
+        .copied()
+        .filter(|m| m.load_weights.get(rule) != Some(&OUT_OF_RULE))
+        .collect();
     if live.is_empty() {
         return owners;
     }
@@ -204,6 +214,19 @@ mod tests {
     fn all_zero_weights_split_equally() {
         let a = assign(&[Mode::Multiple], &[member(1, 0), member(2, 0)], None);
         assert_eq!((count(&a, 1), count(&a, 2)), (30, 30));
+    }
+
+    #[test]
+    fn a_member_out_of_a_rule_gets_none_of_its_buckets_even_alone() {
+        let a = assign(
+            &[Mode::Multiple],
+            &[member(1, OUT_OF_RULE), member(2, 0)],
+            None,
+        );
+        assert_eq!((count(&a, 1), count(&a, 2)), (0, 60));
+        let alone = assign(&[Mode::Multiple], &[member(1, OUT_OF_RULE)], None);
+        assert_eq!(count(&alone, 1), 0);
+        assert!(alone.rules[0].owners.iter().all(|&o| o == NOBODY));
     }
 
     #[test]

@@ -42,6 +42,18 @@ pub enum Request {
     Suspend,
     /// Accept start, stop and drainstop again (the host stays stopped until start).
     Resume,
+    /// Take traffic for the selected rules again (`port`, `all`, `vip:port`, `vip:all`).
+    Enable { rules: String },
+    /// Take nothing for the selected rules: connections in progress break.
+    Disable { rules: String },
+    /// No new connections for the selected rules; existing ones finish.
+    Drain { rules: String },
+    /// The rule that covers `[vip:]port` and what this host does with it.
+    Queryport { port: String },
+    /// `query`, the configuration in force and the recent diagnostics.
+    Display,
+    /// The configuration in force.
+    Params,
 }
 
 /// The appliance's answer: `ok` false when the verb failed or does not apply, with `text`

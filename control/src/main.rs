@@ -75,6 +75,18 @@ enum Command {
     Stats(Target),
     /// Re-read the appliance's configuration file and apply it (as SIGHUP does).
     Reload(Target),
+    /// Take traffic again for the rules of PORT (`80`, `all`, `192.0.2.10:80`, `192.0.2.10:all`).
+    Enable(RuleTarget),
+    /// Take nothing for the rules of PORT on this host (connections in progress break).
+    Disable(RuleTarget),
+    /// No new connections for the rules of PORT on this host; existing ones finish.
+    Drain(RuleTarget),
+    /// Which rule covers [VIP:]PORT, and what this host does with it.
+    Queryport(PortTarget),
+    /// query, the configuration in force and the recent diagnostics.
+    Display(Target),
+    /// The configuration in force.
+    Params(Target),
     /// Stop, and ignore start, stop and drainstop (local or remote) until resume.
     Suspend(Target),
     /// Accept start, stop and drainstop again after suspend (the host stays stopped).
@@ -111,6 +123,26 @@ struct Target {
     wait_ms: u64,
 }
 
+/// A verb about port rules.
+#[derive(clap::Args)]
+struct RuleTarget {
+    /// `80`, `all`, `192.0.2.10:80` or `192.0.2.10:all`.
+    #[arg(value_name = "PORT")]
+    rules: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `queryport [vip:]port`.
+#[derive(clap::Args)]
+struct PortTarget {
+    /// `80` or `192.0.2.10:80`.
+    #[arg(value_name = "[VIP:]PORT")]
+    selector: String,
+    #[command(flatten)]
+    target: Target,
+}
+
 /// Exit status of a verb the appliance refused (e.g. stop while stopped).
 const EXIT_REFUSED: u8 = 1;
 /// Exit status when no appliance answers.
@@ -134,6 +166,12 @@ fn main() -> ExitCode {
         Command::Drainstop(t) => (t, Request::Drainstop),
         Command::Stats(t) => (t, Request::Stats),
         Command::Reload(t) => (t, Request::Reload),
+        Command::Enable(r) => (r.target, Request::Enable { rules: r.rules }),
+        Command::Disable(r) => (r.target, Request::Disable { rules: r.rules }),
+        Command::Drain(r) => (r.target, Request::Drain { rules: r.rules }),
+        Command::Queryport(p) => (p.target, Request::Queryport { port: p.selector }),
+        Command::Display(t) => (t, Request::Display),
+        Command::Params(t) => (t, Request::Params),
         Command::Suspend(t) => (t, Request::Suspend),
         Command::Resume(t) => (t, Request::Resume),
         other => return run_local(other),
@@ -302,7 +340,13 @@ fn run_local(command: Command) -> ExitCode {
         | Command::Stats(_)
         | Command::Reload(_)
         | Command::Suspend(_)
-        | Command::Resume(_) => {
+        | Command::Resume(_)
+        | Command::Enable(_)
+        | Command::Disable(_)
+        | Command::Drain(_)
+        | Command::Queryport(_)
+        | Command::Display(_)
+        | Command::Params(_) => {
             unreachable!("verbs go to the appliance")
         }
     };
@@ -365,4 +409,15 @@ fn run(config_path: &std::path::Path, eal: &[String]) -> anyhow::Result<()> {
     let summary = appliance::run(&config, config_path, key, eal, stop, reload)?;
     eprintln!("{summary}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

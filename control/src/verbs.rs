@@ -4,11 +4,13 @@
 use serde_json::json;
 
 use crate::cluster::ClusterView;
+use crate::config::Config;
 use crate::consistency::describe;
 use crate::ctl::{Request, Response};
 use crate::diagnostics::Diagnostics;
-use crate::membership::{HostState, Membership, Refusal};
+use crate::membership::{HostState, Membership, Refusal, RuleControl};
 use crate::peers::Peers;
+use wlbs_dataplane::filter::{Mode, Protocol, RuleVip};
 
 /// What the control thread knows besides the membership core, for `query`.
 pub struct Facts<'a> {
@@ -27,6 +29,10 @@ pub struct Facts<'a> {
     pub diagnostics: &'a Diagnostics,
     /// How the cluster port receives the cluster MAC.
     pub mac: Option<&'a str>,
+    /// The configuration in force.
+    pub config: &'a Config,
+    /// Per rule: live connection descriptors and packets accepted on this host.
+    pub rule_figures: Vec<(u64, u64)>,
 }
 
 /// Carries out `request`. `membership` is `None` in pass-through and static modes. `metrics`
@@ -37,9 +43,20 @@ pub fn answer(
     facts: &Facts,
     metrics: impl FnOnce() -> String,
 ) -> Response {
-    match request {
+    match &request {
         Request::Stats => return Response::ok(metrics(), serde_json::Value::Null),
         Request::Reload => unreachable!("the appliance reloads itself"),
+        Request::Params => return Response::ok(params_text(facts.config), serde_json::Value::Null),
+        Request::Display => {
+            let mut q = answer(Request::Query, membership, facts, metrics);
+            q.text = format!(
+                "{}\n\nconfiguration in force:\n{}",
+                q.text,
+                params_text(facts.config)
+            );
+            return q;
+        }
+        Request::Queryport { port } => return queryport(port, membership.as_deref(), facts),
         _ => {}
     }
     let Some(view) = facts.view else {
@@ -120,7 +137,38 @@ pub fn answer(
                 state_json(m),
             )
         }
-        Request::Stats | Request::Reload => unreachable!("answered above"),
+        Request::Stats
+        | Request::Reload
+        | Request::Params
+        | Request::Display
+        | Request::Queryport { .. } => unreachable!("answered above"),
+        Request::Enable { ref rules }
+        | Request::Disable { ref rules }
+        | Request::Drain { ref rules } => {
+            let control = match request {
+                Request::Enable { .. } => RuleControl::Enabled,
+                Request::Disable { .. } => RuleControl::Disabled,
+                _ => RuleControl::Draining,
+            };
+            let selected = match select_rules(view, rules) {
+                Ok(r) => r,
+                Err(e) => return Response::refused(e),
+            };
+            m.control_rules(&selected, control, now);
+            Response::ok(
+                format!(
+                    "rule(s) {} {} on host {}",
+                    selected
+                        .iter()
+                        .map(|r| (r + 1).to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    control.name(),
+                    view.priority
+                ),
+                json!({"rules": selected.iter().map(|r| r + 1).collect::<Vec<_>>(), "control": control.name()}),
+            )
+        }
         Request::Drainstop => {
             if m.is_stopped() {
                 return Response::refused(state_line(m, view.priority) + ": already stopped");
@@ -313,4 +361,192 @@ fn join_counts(counts: &[u32]) -> String {
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The rules a selector names: `all`, `80`, `192.0.2.10:80`, `192.0.2.10:all`
+/// (`[2001:db8::10]:80` for IPv6). A VIP's own rules win over `all` rules, as in the filter.
+pub fn select_rules(view: &ClusterView, selector: &str) -> Result<Vec<usize>, String> {
+    let rules = &view.spec.rules;
+    let bad =
+        || format!("{selector:?}: expected a port (80), all, vip:port (192.0.2.10:80) or vip:all");
+    if selector == "all" {
+        return Ok((0..rules.len()).collect());
+    }
+    let (vip, port) = match selector.rsplit_once(':') {
+        Some((v, p)) if selector.matches(':').count() == 1 || v.starts_with('[') => {
+            let v = v.trim_start_matches('[').trim_end_matches(']');
+            (Some(v.parse::<std::net::IpAddr>().map_err(|_| bad())?), p)
+        }
+        _ => (None, selector),
+    };
+    if let Some(v) = vip {
+        if !view.spec.vips.contains(&v) {
+            return Err(format!("{v} is not a virtual IP of this cluster"));
+        }
+    }
+    let port: Option<u16> = match port {
+        "all" if vip.is_some() => None,
+        p => Some(p.parse().map_err(|_| bad())?),
+    };
+    let matches = |want: RuleVip| -> Vec<usize> {
+        rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.vip == want && port.is_none_or(|p| r.covers_port(p)))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let selected = match vip {
+        Some(v) => {
+            let own = matches(RuleVip::Addr(v));
+            if own.is_empty() && port.is_some() {
+                matches(RuleVip::All)
+            } else {
+                own
+            }
+        }
+        None => rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| port.is_some_and(|p| r.covers_port(p)))
+            .map(|(i, _)| i)
+            .collect(),
+    };
+    if selected.is_empty() {
+        return Err(format!("no port rule covers {selector}"));
+    }
+    Ok(selected)
+}
+
+fn queryport(port: &str, membership: Option<&Membership>, facts: &Facts) -> Response {
+    let Some(view) = facts.view else {
+        return Response::refused("pass-through mode (no [cluster]): no port rules");
+    };
+    let selected = match select_rules(view, port) {
+        Ok(r) => r,
+        Err(e) => return Response::refused(e),
+    };
+    let mut text = String::new();
+    let mut rules = Vec::new();
+    for r in selected {
+        let rule = &view.spec.rules[r];
+        let control = membership
+            .and_then(|m| m.rule_control().get(r).copied())
+            .unwrap_or_default();
+        let buckets = membership
+            .and_then(|m| m.ownership().get(r).copied())
+            .map(|o| (o.owned | o.incoming).count_ones())
+            .unwrap_or(0);
+        let handler = membership
+            .and_then(|m| m.ownership().get(r).copied())
+            .is_some_and(|o| o.handler);
+        let (connections, accepted) = facts.rule_figures.get(r).copied().unwrap_or((0, 0));
+        let mode = match rule.mode {
+            Mode::Multiple => format!("multiple hosts, {buckets} of 60 buckets here"),
+            Mode::Single => format!(
+                "single host, {}",
+                if handler {
+                    "handled here"
+                } else {
+                    "handled elsewhere"
+                }
+            ),
+            Mode::Disabled => "disabled (dropped by every host)".to_string(),
+        };
+        let protocol = match rule.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Both => "tcp and udp",
+        };
+        let vip = match rule.vip {
+            RuleVip::All => "all VIPs".to_string(),
+            RuleVip::Addr(a) => a.to_string(),
+        };
+        text.push_str(&format!(
+            "rule {}: ports {}-{} {protocol} on {vip}: {mode}; {} on this host; {connections} connection(s) live, {accepted} packet(s) accepted\n",
+            r + 1,
+            rule.first_port,
+            rule.last_port,
+            control.name()
+        ));
+        rules.push(json!({
+            "rule": r + 1, "first_port": rule.first_port, "last_port": rule.last_port,
+            "state": control.name(), "buckets": buckets, "handler": handler,
+            "connections": connections, "accepted_packets": accepted,
+        }));
+    }
+    Response::ok(text.trim_end().to_string(), json!({ "rules": rules }))
+}
+
+/// The configuration in force, every key with its value (defaults included).
+pub fn params_text(c: &Config) -> String {
+    let mut out = String::new();
+    let dp = &c.dataplane;
+    out.push_str(&format!(
+        "[dataplane] cluster_port {}, host_port {}, workers {}, busy_poll {}, rx/tx descriptors {}/{}, max_connections {}, tcp_idle_timeout_s {}, udp_idle_timeout_s {}, tcp_close_wait_s {}, host_mac {}\n",
+        dp.cluster_port,
+        dp.host_port,
+        dp.workers,
+        dp.busy_poll,
+        dp.rx_descriptors,
+        dp.tx_descriptors,
+        dp.max_connections,
+        dp.tcp_idle_timeout_s,
+        dp.udp_idle_timeout_s,
+        dp.tcp_close_wait_s,
+        dp.host_mac.map_or("learned".to_string(), |m| m.0.to_string())
+    ));
+    if let Some(cl) = &c.cluster {
+        out.push_str(&format!(
+            "[cluster] ip {}, vips {:?}, mask {}, mode {}, mac {}, membership {}, heartbeat_period_ms {}, heartbeat_tolerance {}, connection_cleanup_delay_s {}, key {}, mask_source_mac {}, multicast_spoof {}, igmp_version {}\n",
+            cl.ip,
+            cl.vips,
+            cl.mask,
+            cl.mode.0,
+            cl.cluster_mac(),
+            cl.members
+                .as_ref()
+                .map_or("heartbeats".to_string(), |m| format!("static {m:?}")),
+            cl.heartbeat_period_ms,
+            cl.heartbeat_tolerance,
+            cl.connection_cleanup_delay_s,
+            if cl.key_file.is_some() { "set" } else { "none (unauthenticated)" },
+            cl.mask_source_mac,
+            cl.multicast_spoof,
+            cl.igmp_version,
+        ));
+    }
+    if let Some(h) = &c.host {
+        out.push_str(&format!(
+            "[host] priority {}, dedicated_ip {}\n",
+            h.priority,
+            h.dedicated_ip.map_or("none".to_string(), |a| a.to_string())
+        ));
+    }
+    for (i, r) in c.effective_port_rules().iter().enumerate() {
+        let rule = r.to_rule();
+        out.push_str(&format!(
+            "[[port_rule]] {}: vip {}, ports {}-{}, protocol {:?}, mode {:?}, affinity {:?}, load_weight {}, handling_priority {}\n",
+            i + 1,
+            match rule.vip {
+                RuleVip::All => "all".to_string(),
+                RuleVip::Addr(a) => a.to_string(),
+            },
+            rule.first_port,
+            rule.last_port,
+            rule.protocol,
+            rule.mode,
+            rule.affinity,
+            r.weight(),
+            r.handling_priority.map_or("-".to_string(), |h| h.to_string()),
+        ));
+    }
+    out.push_str(&format!(
+        "[control] socket {}\n[stats] listen {}\n[remote_control] enabled {}, port {}",
+        c.control.socket.display(),
+        c.stats.listen,
+        c.remote_control.enabled,
+        c.remote_control.port
+    ));
+    out
 }

@@ -140,3 +140,73 @@ fn no_appliance_means_exit_two_and_a_second_one_on_the_socket_is_refused() {
     // The first one still answers.
     assert_eq!(json(&app, "query")["code"], 1008);
 }
+
+#[test]
+fn port_rules_are_drained_disabled_enabled_and_queried_and_suspend_holds_off_start() {
+    let (app, _dir) = start("verbs-rules");
+    // queryport: the rule, its mode, this host's part.
+    let (code, text, _) = app.verb("queryport", &["80"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("rule 1: ports 80-80 tcp on all VIPs: multiple hosts, 60 of 60 buckets here; enabled on this host"),
+        "{text}"
+    );
+    let (code, _, err) = app.verb("queryport", &["81"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no port rule covers 81"), "{err}");
+    let (code, _, err) = app.verb("queryport", &["198.51.100.1:80"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a virtual IP"), "{err}");
+
+    // drain: no new connections here (alone: nobody's), then enable again.
+    let (code, text, _) = app.verb("drain", &["192.0.2.10:80"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("rule(s) 1 draining on host 1"), "{text}");
+    let mut buckets = 60;
+    for _ in 0..100 {
+        let (_, t, _) = app.verb("queryport", &["80", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        buckets = v["data"]["rules"][0]["buckets"].as_u64().unwrap();
+        if buckets == 0 && v["data"]["rules"][0]["state"] == "draining" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(buckets, 0);
+    let (code, text, _) = app.verb("disable", &["all"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text, _) = app.verb("enable", &["80"]);
+    assert_eq!(code, Some(0), "{text}");
+    let q = wait_state(&app, "converged_default");
+    assert_eq!(q["hosts"][0]["buckets"], serde_json::json!([60]), "{q}");
+
+    // params and display: the configuration in force, defaults included.
+    let (code, params, _) = app.verb("params", &[]);
+    assert_eq!(code, Some(0));
+    assert!(params.contains("[cluster] ip 192.0.2.10"), "{params}");
+    assert!(params.contains("heartbeat_period_ms 100"), "{params}");
+    assert!(
+        params.contains("[[port_rule]] 1: vip all, ports 80-80, protocol Tcp"),
+        "{params}"
+    );
+    let (code, display, _) = app.verb("display", &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        display.starts_with("host 1 converged as DEFAULT (1008)"),
+        "{display}"
+    );
+    assert!(display.contains("configuration in force:"), "{display}");
+
+    // suspend: stopped, and start is refused until resume.
+    let s = json(&app, "suspend");
+    assert_eq!(s["state"], "suspended");
+    assert_eq!(s["code"], 1013);
+    let (code, _, err) = app.verb("start", &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("suspended"), "{err}");
+    json(&app, "resume");
+    json(&app, "start");
+    wait_state(&app, "converged_default");
+    let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+}

@@ -105,6 +105,28 @@ pub enum Event {
     Outvoted { majority: Vec<u8> },
 }
 
+/// What this host does for one port rule (`wlbs enable|drain|disable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleControl {
+    /// As configured.
+    #[default]
+    Enabled,
+    /// No new connections here; existing ones finish.
+    Draining,
+    /// Nothing here: its buckets go to the others at once, connections in progress break.
+    Disabled,
+}
+
+impl RuleControl {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleControl::Enabled => "enabled",
+            RuleControl::Draining => "draining",
+            RuleControl::Disabled => "disabled",
+        }
+    }
+}
+
 /// Another host as this one sees it (for `query`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -195,6 +217,8 @@ pub struct Membership {
     /// The default host of the last agreement: it keeps taking default-host traffic while
     /// the cluster converges again, as the buckets keep their owners.
     agreed_default: Option<u8>,
+    /// Per rule: enabled, draining or disabled on this host.
+    rule_control: Vec<RuleControl>,
 }
 
 impl Membership {
@@ -218,6 +242,7 @@ impl Membership {
             missed: 0,
             outvoted: None,
             agreed_default: None,
+            rule_control: vec![RuleControl::Enabled; rules],
             s: settings,
         };
         m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
@@ -369,6 +394,7 @@ impl Membership {
         fresh.events = std::mem::take(&mut self.events);
         fresh.events.push_back(Event::Started);
         fresh.missed = self.missed;
+        fresh.rule_control = self.rule_control.clone();
         *self = fresh;
     }
 
@@ -398,6 +424,16 @@ impl Membership {
                     .flatten()
                     .and_then(|o| old_idle.get(o).copied())
                     .unwrap_or(0)
+            })
+            .collect();
+        let old_control = std::mem::take(&mut self.rule_control);
+        self.rule_control = (0..rules)
+            .map(|r| {
+                kept.get(r)
+                    .copied()
+                    .flatten()
+                    .and_then(|o| old_control.get(o).copied())
+                    .unwrap_or_default()
             })
             .collect();
         self.s = Settings {
@@ -453,6 +489,7 @@ impl Membership {
                     }
                 }
                 o.handler = !self.is_stopped()
+                    && self.rule_control[r] != RuleControl::Disabled
                     && target.is_some_and(|t| t.rules[r].handler == Some(self.s.priority));
                 o
             })
@@ -710,14 +747,64 @@ impl Membership {
     fn me_as_member(&self) -> Member {
         Member {
             priority: self.s.priority,
-            load_weights: self.s.load_weights.clone(),
+            load_weights: self.load_weights(),
             handling_priorities: self
-                .s
-                .handling_priorities
+                .handling_priorities()
                 .iter()
                 .map(|&h| if h == 0 { u8::MAX } else { h })
                 .collect(),
         }
+    }
+
+    /// Load weights as this host announces them: out of the rule for one drained or
+    /// disabled here.
+    fn load_weights(&self) -> Vec<u8> {
+        self.s
+            .load_weights
+            .iter()
+            .zip(&self.rule_control)
+            .map(|(&w, &c)| {
+                if c == RuleControl::Enabled {
+                    w
+                } else {
+                    crate::assignment::OUT_OF_RULE
+                }
+            })
+            .collect()
+    }
+
+    /// Handling priorities as announced: none (0) for a rule drained or disabled here.
+    fn handling_priorities(&self) -> Vec<u8> {
+        self.s
+            .handling_priorities
+            .iter()
+            .zip(&self.rule_control)
+            .map(|(&h, &c)| if c == RuleControl::Enabled { h } else { 0 })
+            .collect()
+    }
+
+    /// Enables, drains or disables rules on this host; the cluster converges again.
+    pub fn control_rules(&mut self, rules: &[usize], control: RuleControl, now_ms: u64) {
+        for &r in rules {
+            if let Some(c) = self.rule_control.get_mut(r) {
+                *c = control;
+                if control == RuleControl::Disabled {
+                    // Let go at once: no connection is kept.
+                    for b in self.buckets[r].iter_mut() {
+                        if matches!(b, Bucket::Outgoing { .. } | Bucket::Reclaiming { .. }) {
+                            *b = Bucket::None;
+                        }
+                    }
+                }
+            }
+        }
+        self.next_ping_ms = now_ms;
+        self.recompute(now_ms);
+    }
+
+    /// Per rule: enabled, draining or disabled on this host.
+    pub fn rule_control(&self) -> &[RuleControl] {
+        &self.rule_control
     }
 
     fn input_digest(&self) -> u32 {
@@ -969,6 +1056,8 @@ impl Membership {
                             Bucket::Owned
                         }
                     }
+                    // Disabled here: let go at once.
+                    (_, false) if self.rule_control[r] == RuleControl::Disabled => Bucket::None,
                     // Moving away, also to nobody (every member draining): our connections
                     // finish here first.
                     (Bucket::Owned | Bucket::Incoming { .. }, false) => Bucket::Outgoing {
@@ -1094,8 +1183,8 @@ impl Membership {
             state: self.state,
             default_host: self.default_host(),
             draining: self.draining,
-            load_weights: self.s.load_weights.clone(),
-            handling_priorities: self.s.handling_priorities.clone(),
+            load_weights: self.load_weights(),
+            handling_priorities: self.handling_priorities(),
             rules: self.maps(),
         }
     }
