@@ -6,6 +6,13 @@ namespace, listening on every address (the cluster IP on lo and the dedicated IP
   GET/HEAD /        "host N"; counted: the workload's requests
   GET/HEAD /ready   "host N"; not counted: readiness probes
   GET      /count   the number of requests to / served so far; not counted
+  GET      /slow?ms=N
+                    a long connection: "host N\n" at once, then one "." every 100 ms until
+                    N ms (0..20000) have passed: ceil(N / 100) dots, Content-Length set, so
+                    the client tells a complete body from a cut one. Not counted in /count
+  GET      /slowcount
+                    "STARTED COMPLETED BROKEN": /slow requests begun, whose whole body was
+                    sent, and cut short (the peer went away); not counted
   anything else     404; not counted
 
 Usage: lab-server.py --host N [--bind ADDR] [--port 80] [--name TAG]
@@ -15,6 +22,12 @@ import http.server
 import signal
 import sys
 import threading
+import time
+import urllib.parse
+
+# /slow: one byte per tick, at most this long.
+SLOW_TICK_S = 0.1
+SLOW_MAX_MS = 20000
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,8 +60,53 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with self.server.lock:
                 served = self.server.served
             self._send(200, f"{served}\n", with_body)
+        elif path == "/slow" and with_body:
+            self._slow()
+        elif path == "/slowcount":
+            with self.server.lock:
+                counts = (self.server.slow_started, self.server.slow_completed,
+                          self.server.slow_broken)
+            self._send(200, "%d %d %d\n" % counts, with_body)
         else:
             self._send(404, "not found\n", with_body)
+
+    def _slow(self) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        try:
+            ms = int(query.get("ms", ["1000"])[0])
+        except ValueError:
+            ms = -1
+        if not 0 <= ms <= SLOW_MAX_MS:
+            self._send(400, f"ms must be 0..{SLOW_MAX_MS}\n", True)
+            return
+        first = f"host {self.server.host_id}\n".encode()
+        ticks = -(-ms // int(SLOW_TICK_S * 1000))
+        with self.server.lock:
+            self.server.slow_started += 1
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(first) + ticks))
+            self.send_header("X-Wlbs-Lab-Host", str(self.server.host_id))
+            self.end_headers()
+            self.wfile.write(first)
+            self.wfile.flush()
+            # On schedule from the start, not drifting with each write's cost.
+            start = time.monotonic()
+            for n in range(1, ticks + 1):
+                delay = start + n * SLOW_TICK_S - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                self.wfile.write(b".")
+                self.wfile.flush()
+        except OSError as e:  # reset, broken pipe: the connection was cut
+            with self.server.lock:
+                self.server.slow_broken += 1
+            sys.stderr.write(f"{self.client_address[0]}:{self.client_address[1]} /slow cut: {e}\n")
+            self.close_connection = True
+            return
+        with self.server.lock:
+            self.server.slow_completed += 1
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._handle(True)
@@ -82,6 +140,7 @@ def main() -> int:
     server.daemon_threads = True
     server.host_id = args.host
     server.served = 0
+    server.slow_started = server.slow_completed = server.slow_broken = 0
     server.lock = threading.Lock()
     print(f"{args.name}: host {args.host} listening on {args.bind}:{args.port}", file=sys.stderr,
           flush=True)

@@ -30,7 +30,24 @@
 #                          client load (fails unless the survivors converge without it within
 #                          tolerance + 3 periods and every request started after that bound
 #                          is answered), then that host restarted until all converge again.
-#   scripts/lab.sh up      build and set the lab up, then leave it running (prints how to use it)
+#                          Then a join phase: a spare host (N+1, set up with the others but
+#                          not started) starts while 30 long connections (GET /slow) and a
+#                          stream of short requests run (fails unless every host converges
+#                          with all N+1 in time, every long connection completes with its
+#                          whole body, every request started after the convergence is
+#                          answered and the new host answers some); and a drain phase:
+#                          `wlbs drainstop` of host 2 over its control socket while long
+#                          connections are open on it (fails unless they all complete, no
+#                          request started 5 periods after the drainstop reaches host 2,
+#                          every one started tolerance + 3 periods after it is answered,
+#                          host 2 logs "drainstop complete" after its last connection ends
+#                          and within the close wait + the 1 s expiry sweep + 5 periods,
+#                          `wlbs query` says stopped, and the others log "host 2 left the
+#                          cluster" and converge without it). The times of each phase are
+#                          printed at the end.
+#   scripts/lab.sh up      build and set the lab up, then leave it running (prints how to use it;
+#                          each appliance answers `wlbs query|drainstop|stop|start --socket`
+#                          on its control socket hI.sock in the log folder)
 #   scripts/lab.sh down    remove everything a previous run/up left (idempotent)
 #
 # Options (or environment): --hosts N (WLBS_LAB_HOSTS, default 3), --requests N in all
@@ -72,6 +89,23 @@ FO_CLIENT_LIMIT=10                       # the kill 1 s after the client starts,
 FO_BEFORE_KILL=1                         # client stopped 3 s after it
 FO_AFTER_KILL=3
 FO_REJOIN_TIMEOUT=10                     # seconds for the restarted host to converge again
+CLOSE_WAIT_S=1                           # [dataplane] tcp_close_wait_s: drains end fast
+CLEANUP_DELAY_S=60                       # [cluster] connection_cleanup_delay_s
+LONG_CONNS=30                            # join and drain phases: long connections (GET
+JOIN_LONG_MS=6000                        # /slow) open at once, lasting this long: across
+DRAIN_LONG_MS=4000                       # the join's convergence, past the drainstop
+LONG_START_TIMEOUT=5                     # seconds for all of them to get their first line
+PHASE_BEFORE=1                           # the join / drainstop 1 s into the load
+JOIN_TIMEOUT=10                          # seconds for every host to converge with the joiner
+JOIN_AFTER=2                             # short requests go on 2 s after the convergence
+DRAIN_HOST=2                             # drainstop host 2 (not the default host 1)
+DRAIN_NEW_PERIODS=5                      # no new connection reaches it after 5 periods
+DRAIN_AFTER=1                            # short requests go on 1 s after "drainstop complete"
+PHASE_CLIENT_LIMIT=30                    # backstop of the phases' short-request client
+SWEEP_MS=1000                            # the dataplane's expiry sweep visits every
+                                         # descriptor once a second (worker.rs
+                                         # SWEEP_PERIOD_MS): a closed connection's goes
+                                         # close wait .. close wait + 1 s after its last packet
 
 readonly NS_PREFIX=wlbs-lab
 readonly NS_SW=wlbs-lab-sw NS_CLIENT=wlbs-lab-c
@@ -101,6 +135,7 @@ server_ip() { echo "$NET.$((10 + $1))"; }                # host $1's dedicated a
 server_mac() { printf '02:00:00:00:01:%02x' "$1"; }     # server $1's NIC
 client_ip() { echo "$NET.$((CLIENT_BASE + $1))"; }     # client address $1, 0..CLIENT_ADDRS-1
 dpdk_prefix() { echo "wlbs-lab-h$1"; }                  # EAL --file-prefix of appliance $1
+ctl_socket() { echo "$LOGDIR/h$1.sock"; }               # appliance $1's control socket
 
 # State of this run (run/up only).
 LOGDIR=""
@@ -109,13 +144,18 @@ FOUND_LOGDIR=""     # `down`: where the stopped appliances logged
 FAILED=0            # something went wrong that does not abort at once (reported at exit)
 declare -a APP_PID=() APP_T0=() SRV_PID=() CLIENT_PID=()
 declare -A ANSWERED=() SERVED=() BUCKETS=() FAILURES=() SUMMARY=() DEAD=()
+declare -A LONG_ON=() LONG_DONE=() LONG_LAST=() # join/drain: long connections per host
+LONG_OK=0 LONG_SERVED=""
 TOTAL=0 OK=0        # requests with a result so far, and those answered with "host N"
 SOURCES=0           # distinct source address:port pairs of the answered requests
 WORKLOAD_STATE=none # none | running | finished
 WORKLOAD_MS=0
 KILLED=""           # failover phase: the host killed on purpose, while it is down
 RESTARTED=""        # ... and once it runs again (its counters start at its restart)
-FO_PID=""           # the failover phase's client loop
+FO_PID=""           # the failover (and join, drain) phase's short-request client loop
+LONG_PID=""         # the join and drain phases' long connections
+JOINER=""           # the spare host of the join phase (HOSTS + 1) once set up
+JOINED=""           # ... once every host converged with it
 declare -a TIMING=() # the failover phase's summary lines
 PASS_EXTRA=""
 FO_KILL_SUMMARY=""
@@ -274,7 +314,7 @@ kill_rest() {
     if is_running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   # Reap our own children quietly.
-  for pid in "${SRV_PID[@]}" "${CLIENT_PID[@]}" $FO_PID; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${SRV_PID[@]}" "${CLIENT_PID[@]}" $FO_PID $LONG_PID; do wait "$pid" 2>/dev/null || true; done
 }
 
 teardown() {
@@ -318,6 +358,7 @@ on_exit() {
       "($REQUESTS planned)"
   fi
   if [ -n "$FO_PID" ] && is_running "$FO_PID"; then kill -TERM "$FO_PID" 2>/dev/null || true; fi
+  if [ -n "$LONG_PID" ] && is_running "$LONG_PID"; then kill -TERM "$LONG_PID" 2>/dev/null || true; fi
   say "tearing down"
   teardown
   [ $rc = 0 ] && [ $FAILED = 1 ] && rc=1
@@ -437,8 +478,14 @@ membership_config() { # the [cluster] lines that choose how hosts know each othe
   case "$MEMBERSHIP" in
     static) echo "members = [$(members)]  # static membership: every host of the lab is live" ;;
     *) echo "heartbeat_period_ms = $HB_PERIOD_MS  # WLBS membership: heartbeats every $HB_PERIOD_MS ms"
-       echo "heartbeat_tolerance = $HB_TOLERANCE" ;;
+       echo "heartbeat_tolerance = $HB_TOLERANCE"
+       echo "connection_cleanup_delay_s = $CLEANUP_DELAY_S  # a moved bucket's old owner keeps its connections this long at most" ;;
   esac
+}
+
+lab_hosts() { # every host set up: 1..HOSTS, and the join phase's spare host once there is one
+  seq 1 "$HOSTS"
+  [ -z "$JOINER" ] || echo "$JOINER"
 }
 
 members() { # the static membership: every host of the lab, "1, 2, 3"
@@ -463,6 +510,7 @@ host_port = "net_af_packet1"  # $(if_host "$i"), towards server $i
 workers = $WORKERS
 busy_poll = false  # the appliances share the CPUs
 host_mac = "$(server_mac "$i")"  # server $i: accepted frames are rewritten to it
+tcp_close_wait_s = $CLOSE_WAIT_S  # a closed connection's descriptor goes soon: drains end fast
 
 [cluster]
 ip = "$CLUSTER_IP"  # cluster MAC $CLUSTER_MAC (unicast mode)
@@ -476,6 +524,9 @@ dedicated_ip = "$(server_ip "$i")"  # server $i's own address: never load balanc
 ports = "80"
 protocol = "tcp"
 affinity = "none"  # client address + port: each connection on its own
+
+[control]
+socket = "$(ctl_socket "$i")"  # wlbs query|drainstop|stop|start --socket ...
 EOF
   APP_T0[i]=$(now_ms)
   spawn "$(ns_app "$i")" "$log" "$(wlbs_bin)" run --config "$cfg" -- "${eal[@]}"
@@ -500,9 +551,10 @@ probe() { # probe ADDR
 # An appliance or a server that exited: it failed to start or crashed.
 check_alive() {
   local i rc dead=0
-  for ((i = 1; i <= HOSTS; i++)); do
-    # (The host killed on purpose in the failover phase is down until its restart.)
-    if [ "$i" != "$KILLED" ] && ! is_running "${APP_PID[i]}"; then
+  for i in $(lab_hosts); do
+    # (The host killed on purpose in the failover phase is down until its restart; the
+    # joiner's appliance does not run before the join phase, its server does.)
+    if [ -n "${APP_PID[i]:-}" ] && [ "$i" != "$KILLED" ] && ! is_running "${APP_PID[i]}"; then
       dead=1
       [ -z "${DEAD[$i]:-}" ] || continue # reported already
       DEAD[$i]=1
@@ -600,7 +652,7 @@ check_switch() { # check_switch [before|after]
     [ "${1:-after}" = after ] || exit 1
   elif [ "${1:-after}" = after ]; then
     say "switch: the bridge learned $learned MACs (client, servers), not the cluster MAC" \
-      "$CLUSTER_MAC: it floods frames for the cluster IP to all $HOSTS hosts"
+      "$CLUSTER_MAC: it floods frames for the cluster IP to all $(lab_hosts | wc -l) hosts"
   fi
 }
 
@@ -793,9 +845,16 @@ check_appliances() {
 # host and equals the accepted frames of all hosts together. Informational: a frame one
 # af_packet port missed shows here too.
 check_filter_counts() {
-  local i acc=0 seen line
-  local -a each=()
-  for ((i = 1; i <= HOSTS; i++)); do
+  local i acc=0 seen line late=""
+  local -a each=() hosts=()
+  mapfile -t hosts < <(seq 1 "$HOSTS")
+  # The restarted host counts from its restart, the joiner from its start.
+  [ -z "$RESTARTED" ] || late+="h$RESTARTED counts from its restart"
+  if [ -n "$JOINER" ] && [ -n "${APP_PID[JOINER]:-}" ]; then
+    hosts+=("$JOINER")
+    late+="${late:+, }h$JOINER from its start"
+  fi
+  for i in "${hosts[@]}"; do
     line=${SUMMARY[$i]:-}
     if [[ $line =~ filter\ accepted\ ([0-9]+),\ passed\ ([0-9]+),\ not\ ours\ ([0-9]+) ]]; then
       acc=$((acc + BASH_REMATCH[1]))
@@ -806,16 +865,17 @@ check_filter_counts() {
     fi
   done
   seen=$(printf '%s\n' "${each[@]}" | awk '{print $2}' | sort -u | tr '\n' ' ')
-  if [ -n "$RESTARTED" ]; then
-    # The restarted host counts from its restart, and what the killed one had is lost: only
-    # the hosts that ran throughout must agree.
-    seen=$(printf '%s\n' "${each[@]}" | grep -v "^h$RESTARTED " | awk '{print $2}' | sort -u)
+  if [ -n "$late" ]; then
+    # What the killed host had is lost, and the late hosts count from their start: only the
+    # hosts that ran throughout must agree (a stopped or drained host still judges every
+    # frame: "not ours").
+    seen=$(printf '%s\n' "${each[@]}" | grep -vE "^h(${RESTARTED:-0}|${JOINER:-0}) " | awk '{print $2}' | sort -u)
     if [ "$(wc -l <<<"$seen")" = 1 ]; then
       say "filter: the hosts that ran throughout each judged the same $seen frames to the" \
-        "cluster IP (h$RESTARTED counts from its restart)"
+        "cluster IP ($late)"
     else
       warn "filter: frames to the cluster IP judged per host (accepted + not ours): ${each[*]};" \
-        "the hosts that ran throughout should agree (h$RESTARTED counts from its restart)"
+        "the hosts that ran throughout should agree ($late)"
     fi
   elif [ "$seen" = "$acc " ]; then
     say "filter: every host judged the same $acc frames to the cluster IP; together they" \
@@ -1105,6 +1165,538 @@ failover_phase() {
   failover_restart
 }
 
+# ----------------------------------------------------------------------------------------
+# The join and drain phases (heartbeats membership, 2+ hosts): long connections (GET /slow,
+# one byte every 100 ms) and a stream of short requests while the spare host joins, then
+# while host 2 drains. Established connections must never break.
+# ----------------------------------------------------------------------------------------
+
+set_of() { echo "{$(paste -sd,)}"; } # host numbers, one a line: "{1,2,4}" as the appliances log it
+
+# A verb to appliance I over its control socket (from the root namespace: the socket is a
+# file in the log folder). Exit status: wlbs's (0 ok, 1 refused, 2 no appliance).
+wlbs_ctl() { # wlbs_ctl VERB I [--json]
+  local verb=$1 i=$2
+  shift 2
+  timeout 10 "$(wlbs_bin)" "$verb" --socket "$(ctl_socket "$i")" "$@" 9>&-
+}
+
+# Appliance I's state as `wlbs query --json` says it (converged, draining, stopped...).
+query_state() { # query_state I
+  local json
+  json=$(wlbs_ctl query "$1" --json 2>&1) || { echo "unreachable (${json:0:100})"; return 1; }
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["data"]["state"])' <<<"$json" 2>/dev/null ||
+    echo "unreadable (${json:0:100})"
+}
+
+# Runs inside the client namespace (bash -c): COUNT long connections to URL (GET /slow) at
+# once, from client addresses spread over all of them, each bounded by MAX_TIME seconds.
+# Connection j's body goes to DIR/long.j as it arrives (its first line names the host); when
+# it ends, one line is appended to DIR/long.out: j, start and end (epoch ms), source address,
+# source port, curl status, bytes received, the body's first line, curl's error.
+long_client() { # long_client URL NET BASE ADDRS COUNT MAX_TIME DIR
+  local url=$1 net=$2 base=$3 addrs=$4 count=$5 max=$6 dir=$7 j
+  for ((j = 0; j < count; j++)); do
+    (
+      src=$net.$((base + (j * 11 + 3) % addrs))
+      t0=${EPOCHREALTIME/[.,]/}
+      rc=0
+      # --no-buffer: the body reaches the file as it arrives (the first line at once).
+      info=$(curl -sS --fail --no-buffer --max-time "$max" --interface "$src" -o "$dir/long.$j" \
+        -w '%{local_port}\t%{size_download}' "$url" 2>"$dir/long.$j.err") || rc=$?
+      t1=${EPOCHREALTIME/[.,]/}
+      first=""
+      [ ! -f "$dir/long.$j" ] || first=$(head -n 1 "$dir/long.$j")
+      err=$(tr '\n' ' ' <"$dir/long.$j.err")
+      port=${info%%$'\t'*} size=${info##*$'\t'}
+      printf '%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n' "$j" $((t0 / 1000)) $((t1 / 1000)) "$src" \
+        "${port:--}" "$rc" "${size:--}" "${first:0:40}" "$err" >>"$dir/long.out"
+    ) &
+  done
+  wait
+}
+
+start_long() { # start_long DIR MS: LONG_CONNS long connections of MS ms each, in the background
+  local dir=$1 ms=$2
+  mkdir -p "$dir"
+  : >"$dir/long.out"
+  ip netns exec "$NS_CLIENT" bash -c "$(declare -f long_client); long_client \"\$@\"" \
+    long_client "http://$CLUSTER_IP/slow?ms=$ms" "$NET" "$CLIENT_BASE" "$CLIENT_ADDRS" \
+    "$LONG_CONNS" "$((ms / 1000 + 5))" "$dir" </dev/null >"$dir/long.log" 2>&1 9>&- &
+  LONG_PID=$!
+}
+
+# Which host holds each long connection so far (the first line of its body): LONG_ON[host].
+# Fails while some have no first line yet.
+long_hosts() { # long_hosts DIR
+  local j line all=0
+  LONG_ON=()
+  for ((j = 0; j < LONG_CONNS; j++)); do
+    line=""
+    [ ! -s "$1/long.$j" ] || line=$(head -n 1 "$1/long.$j")
+    if [[ $line =~ ^host\ ([0-9]+)$ ]]; then
+      LONG_ON[${BASH_REMATCH[1]}]=$((${LONG_ON[${BASH_REMATCH[1]}]:-0} + 1))
+      all=$((all + 1))
+    fi
+  done
+  [ $all = "$LONG_CONNS" ]
+}
+
+per_host() { # per_host ASSOC-NAME: "h1 10, h2 9, h3 11" over every host set up
+  local -n counts=$1
+  local i out=""
+  for i in $(lab_hosts); do out+="${out:+, }h$i ${counts[$i]:-0}"; done
+  echo "$out"
+}
+
+# Until every long connection got its first line (bounded by LONG_START_TIMEOUT).
+wait_long_open() { # wait_long_open DIR
+  local deadline n c
+  deadline=$(($(now_ms) + LONG_START_TIMEOUT * 1000))
+  until long_hosts "$1"; do
+    if [ "$(now_ms)" -ge $deadline ]; then
+      n=0
+      for c in "${LONG_ON[@]}"; do n=$((n + c)); done
+      warn "FAIL: only $n of $LONG_CONNS long connections got their first line within" \
+        "${LONG_START_TIMEOUT}s"
+      FAILED=1
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+# The long connections end by themselves within their curl time limit; this is the backstop.
+wait_long() { # wait_long T0 MS: started at T0 (epoch ms), MS ms each
+  local guard=$(($1 + $2 + 8000))
+  while is_running "$LONG_PID" && [ "$(now_ms)" -lt $guard ]; do
+    check_alive || FAILED=1
+    sleep 0.1
+  done
+  if is_running "$LONG_PID"; then
+    warn "FAIL: the long connections still run $(fmt_ms $(($(now_ms) - $1))) after they started; stopping them"
+    kill -TERM "$LONG_PID" 2>/dev/null || true
+    FAILED=1
+  fi
+  wait "$LONG_PID" 2>/dev/null || true
+  LONG_PID=""
+}
+
+# The long connections' results (DIR/long.out), each complete only with its whole body
+# ("host N" and one byte per 100 ms): LONG_OK complete ones, LONG_DONE[host] of them per host
+# and LONG_LAST[host] the end of the host's last one (epoch ms). A FAIL for any other.
+long_results() { # long_results DIR MS WHAT REF_MS: times printed relative to REF_MS
+  local dir=$1 ms=$2 what=$3 ref=$4 j t0 t1 src port rc size first err expect host seen=0
+  LONG_OK=0 LONG_DONE=() LONG_LAST=()
+  while IFS=$'\t' read -r j t0 t1 src port rc size first err; do
+    [ -n "$rc" ] || continue
+    seen=$((seen + 1))
+    host=""
+    [[ ! $first =~ ^host\ ([0-9]+)$ ]] || host=${BASH_REMATCH[1]}
+    expect=$((${#first} + 1 + (ms + 99) / 100))
+    if [ "$rc" = 0 ] && [ -n "$host" ] && [ "$size" = "$expect" ]; then
+      LONG_OK=$((LONG_OK + 1))
+      LONG_DONE[$host]=$((${LONG_DONE[$host]:-0} + 1))
+      if [ "$t1" -gt "${LONG_LAST[$host]:-0}" ]; then LONG_LAST[$host]=$t1; fi
+    else
+      warn "FAIL: $what: long connection $j from $src:$port${host:+ (on h$host)} started at" \
+        "$((t0 - ref)) ms, ended at $((t1 - ref)) ms with $size of $expect bytes, curl status" \
+        "$rc${err:+: ${err:0:100}}"
+      FAILED=1
+    fi
+  done < <(sort -n "$dir/long.out")
+  if [ $seen != "$LONG_CONNS" ]; then
+    warn "FAIL: $what: $((LONG_CONNS - seen)) of $LONG_CONNS long connections left no result (see $dir)"
+    FAILED=1
+  fi
+}
+
+# What the servers say about GET /slow so far, summed over every host whose appliance runs
+# (a server is reached at its dedicated address, through its appliance, even when that one
+# is stopped): "STARTED COMPLETED CUT".
+long_served() {
+  local i out s=0 c=0 b=0
+  for i in $(lab_hosts); do
+    [ -n "${APP_PID[i]:-}" ] || continue
+    if out=$(ip netns exec "$NS_CLIENT" curl -sS --fail --max-time "$CURL_MAX_TIME" \
+      "http://$(server_ip "$i")/slowcount" 2>&1) && [[ $out =~ ^([0-9]+)\ ([0-9]+)\ ([0-9]+)$ ]]; then
+      s=$((s + BASH_REMATCH[1])) c=$((c + BASH_REMATCH[2])) b=$((b + BASH_REMATCH[3]))
+    else
+      warn "FAIL: could not fetch server s$i's count at http://$(server_ip "$i")/slowcount: ${out:0:80}"
+      return 1
+    fi
+  done
+  echo "$s $c $b"
+}
+
+# The servers' side of a phase's long connections (BEFORE: long_served at its start): each
+# was served once, sent whole, never cut. LONG_SERVED: "servers: ..." for the phase's report.
+check_long_served() { # check_long_served BEFORE WHAT
+  local after s0 c0 b0 s1 c1 b1
+  LONG_SERVED="servers: unknown"
+  if [ -z "$1" ] || ! after=$(long_served); then
+    FAILED=1
+    return 0
+  fi
+  read -r s0 c0 b0 <<<"$1"
+  read -r s1 c1 b1 <<<"$after"
+  LONG_SERVED="servers: $((s1 - s0)) started, $((c1 - c0)) sent whole, $((b1 - b0)) cut"
+  if [ $((s1 - s0)) != "$LONG_CONNS" ] || [ $((c1 - c0)) != "$LONG_CONNS" ] || [ $((b1 - b0)) != 0 ]; then
+    warn "FAIL: $2: the servers started $((s1 - s0)), sent whole $((c1 - c0)) and cut $((b1 - b0))" \
+      "long connections; expected $LONG_CONNS, $LONG_CONNS and 0"
+    FAILED=1
+  fi
+}
+
+start_short() { # start_short DIR: the failover phase's short-request client, in the background
+  rm -f "$1/short.stop"
+  : >"$1/short.out"
+  ip netns exec "$NS_CLIENT" bash -c "$(declare -f failover_client); failover_client \"\$@\"" \
+    failover_client "http://$CLUSTER_IP/" "$NET" "$CLIENT_BASE" "$CLIENT_ADDRS" "$FO_INTERVAL" \
+    "$FO_MAX_TIME" "$1/short.stop" "$(($(now_ms) + PHASE_CLIENT_LIMIT * 1000))" "$1/short.out" \
+    </dev/null >"$1/short.log" 2>&1 9>&- &
+  FO_PID=$!
+}
+
+stop_short() { # stop_short DIR: tell the short-request client to stop; its curls end soon
+  local guard
+  : >"$1/short.stop"
+  guard=$(($(now_ms) + 3000))
+  while is_running "$FO_PID" && [ "$(now_ms)" -lt $guard ]; do sleep 0.05; done
+  if is_running "$FO_PID"; then
+    warn "FAIL: the short-request client still runs 3 s after it was told to stop; stopping it"
+    kill -TERM "$FO_PID" 2>/dev/null || true
+    FAILED=1
+  fi
+  wait "$FO_PID" 2>/dev/null || true
+  FO_PID=""
+}
+
+# Start the spare host under load: long connections open on every host, short requests
+# coming. Every host must converge with it, no long connection may break, every request
+# started after the convergence must be answered, and the new host must take some.
+join_phase() {
+  if [ -z "$JOINER" ]; then
+    say "join: skipped (one host: the failover phase did not run either)"
+    return
+  fi
+  local n=$JOINER dir="$LOGDIR/join" all i ev ms t0 t_join latest=0 own=0 from_start="" conv=""
+  local deadline stop_ms open=0 bad=0 served0
+  local -a pending=()
+  all=$(lab_hosts | set_of)
+  mkdir -p "$dir"
+  served0=$(long_served) || served0=""
+  t0=$(now_ms)
+  start_long "$dir" "$JOIN_LONG_MS"
+  start_short "$dir"
+  if wait_long_open "$dir"; then
+    say "join: $LONG_CONNS long connections of $JOIN_LONG_MS ms open: $(per_host LONG_ON)"
+  fi
+  ms=$((t0 + PHASE_BEFORE * 1000 - $(now_ms)))
+  ((ms <= 0)) || sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
+
+  start_appliance "$n"
+  t_join=${APP_T0[n]}
+  say "join: h$n started (pid ${APP_PID[n]}) $(fmt_ms $((t_join - t0))) into the load," \
+    "waiting for all to converge with hosts $all"
+  deadline=$((t_join + JOIN_TIMEOUT * 1000))
+  mapfile -t pending < <(lab_hosts)
+  while [ ${#pending[@]} -gt 0 ]; do
+    local still=()
+    for i in "${pending[@]}"; do
+      if ev=$(first_event "$LOGDIR/h$i.log" "converged with hosts \\$all" "$t_join"); then
+        ms=$((${ev%%$'\t'*} - t_join))
+        ((ms > latest)) && latest=$ms
+        [ "$i" != "$n" ] || own=$ms
+      else
+        still+=("$i")
+      fi
+    done
+    pending=("${still[@]}")
+    [ ${#pending[@]} -eq 0 ] && break
+    if ! check_alive; then
+      warn "FAIL: an appliance died while h$n joined"
+      bad=1
+      break
+    fi
+    if [ "$(now_ms)" -ge $deadline ]; then
+      for i in "${pending[@]}"; do
+        warn "FAIL: h$i did not converge with hosts $all within ${JOIN_TIMEOUT}s of h$n's start"
+        log_tail "$LOGDIR/h$i.log"
+      done
+      bad=1
+      break
+    fi
+    sleep 0.1
+  done
+  if [ ${#pending[@]} -eq 0 ]; then
+    JOINED=$n
+    conv=$((t_join + latest))
+    if ev=$(first_event "$LOGDIR/h$n.log" 'starting, converging with heartbeats' "$t_join"); then
+      from_start=" ($((t_join + own - ${ev%%$'\t'*})) ms after its 'starting' line)"
+    fi
+    say "join: h$n converged with hosts $all $own ms after its spawn$from_start; every host" \
+      "converged with it after $latest ms"
+  fi
+
+  # Short requests go on a while after the convergence; then wait for the long connections.
+  stop_ms=$((${conv:-$(now_ms)} + JOIN_AFTER * 1000))
+  while [ "$(now_ms)" -lt $stop_ms ]; do
+    check_alive || FAILED=1
+    sleep 0.1
+  done
+  stop_short "$dir"
+  wait_long "$t0" "$JOIN_LONG_MS"
+
+  long_results "$dir" "$JOIN_LONG_MS" "join" "$t_join"
+  check_long_served "$served0" join
+  if [ -n "$conv" ]; then
+    open=$(awk -F'\t' -v c="$conv" '$3 > c' "$dir/long.out" | wc -l)
+    if [ "$open" = 0 ]; then
+      warn "FAIL: join: every long connection had ended before the cluster converged with h$n:" \
+        "nothing checked the hand-off under load"
+      bad=1
+    fi
+  fi
+  say "join: long connections: $LONG_OK/$LONG_CONNS completed with their whole body" \
+    "($(per_host LONG_DONE)); $open of them still open when all had converged; $LONG_SERVED"
+
+  # The short requests: those started after the convergence must all be answered.
+  local k start src rc text total=0 ok=0 failed=0 after=0 late=0
+  local -A by=()
+  while IFS=$'\t' read -r k start src rc text; do
+    [ -n "$rc" ] || continue
+    total=$((total + 1))
+    if [ "$rc" = 0 ] && [[ $text =~ ^host\ ([0-9]+)$ ]]; then
+      ok=$((ok + 1))
+      by[${BASH_REMATCH[1]}]=$((${by[${BASH_REMATCH[1]}]:-0} + 1))
+      [ -z "$conv" ] || ((start < conv)) || after=$((after + 1))
+      continue
+    fi
+    failed=$((failed + 1))
+    if [ -n "$conv" ] && ((start >= conv)); then
+      after=$((after + 1))
+      late=$((late + 1))
+      warn "FAIL: join: request $k from $src started $((start - conv)) ms after the convergence" \
+        "failed: ${text:0:100}"
+    elif [ -n "$conv" ]; then
+      say "join: request $k from $src started $((start - t_join)) ms after h$n's start (before" \
+        "the convergence) failed: ${text:0:100}"
+    fi
+  done < <(sort -n "$dir/short.out")
+  say "join: the client sent $total short requests ($ok answered: $(per_host by); $failed" \
+    "failed), $after of them started after the convergence"
+  [ "$late" = 0 ] || bad=1
+  if [ -n "$conv" ] && [ "$after" = 0 ]; then
+    warn "FAIL: join: no short request started after the convergence"
+    bad=1
+  fi
+  if [ "${by[$n]:-0}" = 0 ]; then
+    warn "FAIL: join: h$n answered no short request"
+    bad=1
+  fi
+  [ $bad = 0 ] || FAILED=1
+  if [ -n "$conv" ]; then
+    TIMING+=("join h$n under load: converged with hosts $all after $latest ms (h$n itself after $own ms); $LONG_OK/$LONG_CONNS long connections completed; $total short requests, ${by[$n]:-0} answered by h$n")
+    PASS_EXTRA+="; h$n joined under load: all converged in $latest ms, $LONG_OK/$LONG_CONNS long connections completed"
+  else
+    TIMING+=("join h$n under load: NOT converged with hosts $all; $LONG_OK/$LONG_CONNS long connections completed; $total short requests, ${by[$n]:-0} answered by h$n")
+  fi
+}
+
+# Drainstop host 2 (not the default host) while long connections are open on it and short
+# requests keep coming: its connections complete, new ones go elsewhere, it stops when its
+# last descriptor goes, and the others converge without it.
+drain_phase() {
+  if [ -z "$JOINED" ]; then
+    [ -z "$JOINER" ] || say "drain: skipped (the join phase did not converge)"
+    return
+  fi
+  local d=$DRAIN_HOST dir="$LOGDIR/drain" rest i ev out rc state t0 drain_ms done_ms="" ms
+  local new_ms=$((DRAIN_NEW_PERIODS * HB_PERIOD_MS))
+  local done_bound=$((CLOSE_WAIT_S * 1000 + SWEEP_MS + DRAIN_NEW_PERIODS * HB_PERIOD_MS))
+  local conv_bound=$(((HB_TOLERANCE + 3) * HB_PERIOD_MS))
+  local deadline stop_ms on_d=0 bad=0 left_max=0 conv_max=0 served0
+  rest=$(lab_hosts | grep -vx "$d" | set_of)
+  mkdir -p "$dir"
+  served0=$(long_served) || served0=""
+  t0=$(now_ms)
+  start_long "$dir" "$DRAIN_LONG_MS"
+  start_short "$dir"
+  wait_long_open "$dir" || true
+  on_d=${LONG_ON[$d]:-0}
+  say "drain: $LONG_CONNS long connections of $DRAIN_LONG_MS ms open: $(per_host LONG_ON)"
+  if [ "$on_d" = 0 ]; then
+    warn "FAIL: drain: no long connection landed on h$d: the drain does not wait for any"
+    bad=1
+  fi
+  ms=$((t0 + PHASE_BEFORE * 1000 - $(now_ms)))
+  ((ms <= 0)) || sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
+
+  drain_ms=$(now_ms)
+  rc=0
+  out=$(wlbs_ctl drainstop "$d" 2>&1) || rc=$?
+  say "drain: wlbs drainstop --socket $(ctl_socket "$d") $(fmt_ms $((drain_ms - t0))) into the" \
+    "load: exit $rc: ${out//$'\n'/ }"
+  if [ "$rc" != 0 ]; then
+    warn "FAIL: drain: wlbs drainstop of h$d exited with status $rc"
+    bad=1
+  fi
+  state=$(query_state "$d") || true
+  say "drain: h$d's state right after: $state"
+  if [ "$on_d" != 0 ] && [ "$state" != draining ]; then
+    warn "FAIL: drain: h$d holds $on_d long connections but its state is '$state', not draining"
+    bad=1
+  fi
+
+  # Until h2 says it drained (its long connections end by DRAIN_LONG_MS, their descriptors
+  # CLOSE_WAIT_S after).
+  deadline=$((t0 + DRAIN_LONG_MS + CLOSE_WAIT_S * 1000 + 5000))
+  until ev=$(first_event "$LOGDIR/h$d.log" 'drainstop complete' "$drain_ms"); do
+    check_alive || FAILED=1
+    if [ "$(now_ms)" -ge $deadline ]; then
+      warn "FAIL: drain: h$d did not log 'drainstop complete' within $(fmt_ms $((deadline - drain_ms)))" \
+        "of the drainstop"
+      log_tail "$LOGDIR/h$d.log"
+      bad=1
+      ev=""
+      break
+    fi
+    sleep 0.1
+  done
+  [ -z "$ev" ] || done_ms=${ev%%$'\t'*}
+  stop_ms=$((${done_ms:-$(now_ms)} + DRAIN_AFTER * 1000))
+  ((stop_ms >= drain_ms + new_ms + DRAIN_AFTER * 1000)) || stop_ms=$((drain_ms + new_ms + DRAIN_AFTER * 1000))
+  while [ "$(now_ms)" -lt $stop_ms ]; do
+    check_alive || FAILED=1
+    sleep 0.1
+  done
+  stop_short "$dir"
+  wait_long "$t0" "$DRAIN_LONG_MS"
+  state=$(query_state "$d") || true
+  if [ "$state" != stopped ]; then
+    warn "FAIL: drain: wlbs query --socket $(ctl_socket "$d") says '$state', not stopped"
+    bad=1
+  fi
+
+  # Its long connections: all complete, and the drain completes after the last one ends,
+  # within the close wait and a few periods.
+  long_results "$dir" "$DRAIN_LONG_MS" "drain" "$drain_ms"
+  check_long_served "$served0" drain
+  local last=${LONG_LAST[$d]:-} last_txt="none" done_txt="never"
+  [ -z "$last" ] || last_txt="$((last - drain_ms)) ms"
+  [ -z "$done_ms" ] || done_txt="$((done_ms - drain_ms)) ms"
+  say "drain: long connections: $LONG_OK/$LONG_CONNS completed with their whole body" \
+    "($(per_host LONG_DONE)); h$d's last ended $last_txt after the drainstop;" \
+    "'drainstop complete' $done_txt after it; h$d says '$state'; $LONG_SERVED"
+  if [ -n "$done_ms" ] && [ -n "$last" ]; then
+    if ((done_ms <= last)); then
+      warn "FAIL: drain: h$d logged 'drainstop complete' $((last - done_ms)) ms before its last long connection ended"
+      bad=1
+    elif ((done_ms - last > done_bound)); then
+      warn "FAIL: drain: h$d logged 'drainstop complete' $((done_ms - last)) ms after its last long" \
+        "connection ended, beyond the close wait + the expiry sweep + $DRAIN_NEW_PERIODS periods ($done_bound ms)"
+      bad=1
+    fi
+  fi
+
+  # The others: host 2 left, then converged without it (at once: its last heartbeat said so).
+  for i in $(lab_hosts); do
+    [ "$i" != "$d" ] || continue
+    local log="$LOGDIR/h$i.log" l="" c=""
+    if ev=$(first_event "$log" "host $d left the cluster" "$drain_ms"); then
+      ms=${ev%%$'\t'*}
+      l="host $d left after $((ms - drain_ms)) ms"
+      ((ms - drain_ms > left_max)) && left_max=$((ms - drain_ms))
+      if ev=$(first_event "$log" "converged with hosts \\$rest" "$ms"); then
+        ms=${ev%%$'\t'*}
+        c=", converged with hosts $rest after $((ms - drain_ms)) ms"
+        [ -z "$done_ms" ] || c+=" ($((ms - done_ms)) ms after h$d's drain completed)"
+        ((ms - drain_ms > conv_max)) && conv_max=$((ms - drain_ms))
+        if [ -n "$done_ms" ] && ((ms - done_ms > conv_bound)); then
+          warn "FAIL: drain: h$i converged with hosts $rest $((ms - done_ms)) ms after h$d's" \
+            "drain completed, beyond $conv_bound ms (tolerance $HB_TOLERANCE + 3 periods)"
+          bad=1
+        fi
+      else
+        warn "FAIL: drain: h$i did not converge with hosts $rest after host $d left"
+        bad=1
+      fi
+    else
+      warn "FAIL: drain: h$i never logged 'host $d left the cluster' after the drainstop"
+      bad=1
+    fi
+    say "drain: h$i: ${l:-host $d never left}$c"
+  done
+
+  # Short requests: none started DRAIN_NEW_PERIODS after the drainstop may reach h2, and
+  # each started (tolerance + 3) periods after it must be answered, as after a failover:
+  # until the others converged without h2's share, new connections for its buckets find
+  # nobody (h2 takes none while draining); the client's SYN retransmission would cover that,
+  # the lab's 0.5 s limit does not.
+  local k start src rc2 text total=0 ok=0 failed=0 after=0 last_d="" last_f=""
+  local -A by=()
+  while IFS=$'\t' read -r k start src rc2 text; do
+    [ -n "$rc2" ] || continue
+    total=$((total + 1))
+    ((start < drain_ms + new_ms)) || after=$((after + 1))
+    if [ "$rc2" = 0 ] && [[ $text =~ ^host\ ([0-9]+)$ ]]; then
+      ok=$((ok + 1))
+      by[${BASH_REMATCH[1]}]=$((${by[${BASH_REMATCH[1]}]:-0} + 1))
+      if [ "${BASH_REMATCH[1]}" = "$d" ] && ((start >= drain_ms)); then
+        last_d=$((start - drain_ms))
+        if ((start >= drain_ms + new_ms)); then
+          warn "FAIL: drain: request $k from $src started $((start - drain_ms)) ms after the" \
+            "drainstop was answered by h$d (bound $new_ms ms)"
+          bad=1
+        fi
+      fi
+      continue
+    fi
+    failed=$((failed + 1))
+    ((start < drain_ms)) || last_f=$((start - drain_ms))
+    if ((start >= drain_ms + conv_bound)); then
+      warn "FAIL: drain: request $k from $src started $((start - drain_ms)) ms after the" \
+        "drainstop (after the bound of $conv_bound ms) failed: ${text:0:100}"
+      bad=1
+    else
+      say "drain: request $k from $src started $((start - drain_ms)) ms after the drainstop" \
+        "(before the bound of $conv_bound ms) failed: ${text:0:100}"
+    fi
+  done < <(sort -n "$dir/short.out")
+  say "drain: the client sent $total short requests ($ok answered: $(per_host by); $failed failed)," \
+    "$after of them started $new_ms ms or more after the drainstop; the last one h$d answered" \
+    "started $([ -n "$last_d" ] && echo "$last_d ms after" || echo before) the drainstop"
+  if [ "$after" = 0 ]; then
+    warn "FAIL: drain: no short request started $new_ms ms after the drainstop"
+    bad=1
+  fi
+  [ $bad = 0 ] || FAILED=1
+
+  local s="drainstop h$d: its ${LONG_DONE[$d]:-0} long connections completed"
+  local failed_txt="no short request failed"
+  [ -z "$last_f" ] || failed_txt="last failed short request started $last_f ms after the drainstop (bound $conv_bound ms)"
+  if [ -n "$last" ]; then s+=", last at $((last - drain_ms)) ms"; fi
+  if [ -n "$done_ms" ]; then
+    s+="; drain complete at $((done_ms - drain_ms)) ms"
+    [ -z "$last" ] || s+=" ($((done_ms - last)) ms after the last, bound $done_bound ms)"
+  else
+    s+="; drain NOT complete"
+  fi
+  if [ -n "$last_d" ]; then
+    s+="; new connections went elsewhere after $last_d ms (bound $new_ms ms); the others"
+  else
+    s+="; new connections went elsewhere at once (bound $new_ms ms); the others"
+  fi
+  s+=" converged with hosts $rest after $conv_max ms"
+  [ -z "$done_ms" ] || s+=" ($((conv_max + drain_ms - done_ms)) ms after the drain completed, bound $conv_bound ms)"
+  s+="; h$d says $state; $failed_txt"
+  TIMING+=("$s")
+  if [ -n "$done_ms" ] && [ -n "$last" ]; then
+    PASS_EXTRA+="; h$d drained under load: its ${LONG_DONE[$d]:-0} long connections completed, it stopped $((done_ms - last)) ms after the last"
+  fi
+}
+
 print_usage_up() {
   cat <<EOF
 lab: up: $HOSTS hosts share the cluster IP $CLUSTER_IP (cluster MAC $CLUSTER_MAC, pinned in the
@@ -1119,6 +1711,8 @@ lab: up: $HOSTS hosts share the cluster IP $CLUSTER_IP (cluster MAC $CLUSTER_MAC
   appliance I: namespace wlbs-lab-aI, ports wlbs-aI-cl (cluster) / wlbs-aI-ho (host)
   server I:    namespace wlbs-lab-sI, wlbs-sI, address 192.0.2.(10+I), cluster IP on lo
   logs:        $LOGDIR (hI.log appliance, sI.log server, hI.toml config)
+  control:     $(wlbs_bin) query --socket $LOGDIR/hI.sock  (also drainstop, stop, start)
+  long conn.:  ip netns exec $NS_CLIENT curl -s http://$CLUSTER_IP/slow?ms=5000   (first line: the host)
   stop:        scripts/lab.sh down   (prints each appliance's summary line)
 EOF
 }
@@ -1175,11 +1769,15 @@ main() {
   t0=$(now_ms)
   create_switch
   create_client
-  for ((i = 1; i <= HOSTS; i++)); do create_host "$i"; done
-  say "namespaces and veths for $HOSTS hosts ready in $(fmt_ms $(($(now_ms) - t0)));" \
-    "cluster IP $CLUSTER_IP, cluster MAC $CLUSTER_MAC"
+  # The join phase's spare host: namespaces and server now, its appliance in the phase.
+  if [ "$cmd" = run ] && [ "$MEMBERSHIP" != static ] && [ "$HOSTS" -ge 2 ]; then
+    JOINER=$((HOSTS + 1))
+  fi
+  for i in $(lab_hosts); do create_host "$i"; done
+  say "namespaces and veths for $HOSTS hosts${JOINER:+ and the spare h$JOINER} ready in" \
+    "$(fmt_ms $(($(now_ms) - t0))); cluster IP $CLUSTER_IP, cluster MAC $CLUSTER_MAC"
 
-  for ((i = 1; i <= HOSTS; i++)); do start_server "$i"; done
+  for i in $(lab_hosts); do start_server "$i"; done
   for ((i = 1; i <= HOSTS; i++)); do start_appliance "$i"; done
   say "started $HOSTS wlbs appliances ($MEMBERSHIP membership, lcores $(lcores)), logs in $LOGDIR"
   wait_ready
@@ -1195,7 +1793,11 @@ main() {
   run_workload
   fetch_served
   check_appliances
-  [ "$MEMBERSHIP" = static ] || failover_phase
+  if [ "$MEMBERSHIP" != static ]; then
+    failover_phase
+    join_phase
+    drain_phase
+  fi
   check_switch after
   stop_appliances
   check_filter_counts
