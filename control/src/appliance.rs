@@ -892,11 +892,10 @@ pub fn run(
         if let Some(server) = stats_server.as_mut() {
             server.poll(render);
         }
-        let mut reload_now = reload.swap(false, Ordering::Relaxed);
-        let mut reload_waiting = Vec::new();
-        for (request, command, from) in remote_requests {
+        // What the verbs read besides the membership core (which they may change).
+        let facts_now = || {
             let cluster = current.cluster.as_ref();
-            let facts = verbs::Facts {
+            verbs::Facts {
                 now_ms: now,
                 view: view.as_ref(),
                 peers: peers.as_ref(),
@@ -911,7 +910,12 @@ pub fn run(
                     .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
                 config: &current,
                 rule_figures: rule_figures(&filter_counters, &connection_counts, view.as_ref()),
-            };
+            }
+        };
+        let mut reload_now = reload.swap(false, Ordering::Relaxed);
+        let mut reload_waiting = Vec::new();
+        for (request, command, from) in remote_requests {
+            let facts = facts_now();
             let response = verbs::answer(request, membership.as_mut(), &facts, render);
             if let (Some(r), Some(plan), Some((ip, port))) =
                 (remote.as_ref(), mac_plan.as_ref(), remote_control_addr)
@@ -927,23 +931,7 @@ pub fn run(
                 reload_waiting.push(pending);
                 continue;
             }
-            let cluster = current.cluster.as_ref();
-            let facts = verbs::Facts {
-                now_ms: now,
-                view: view.as_ref(),
-                peers: peers.as_ref(),
-                host_name: &host_name,
-                static_members: cluster.and_then(|c| c.members.clone()),
-                heartbeat_period_ms: cluster.map_or(0, |c| c.heartbeat_period_ms),
-                heartbeat_tolerance: cluster.map_or(0, |c| c.heartbeat_tolerance),
-                descriptors_live: connection_counts.iter().map(|c| c.live()).sum(),
-                diagnostics: &diagnostics,
-                mac: mac_plan.as_ref().map(|p| p.describe.as_str()),
-                heartbeat_late_ms: (!send_jitter.is_empty())
-                    .then(|| (send_jitter.value_at_quantile(0.99), send_jitter.max())),
-                config: &current,
-                rule_figures: rule_figures(&filter_counters, &connection_counts, view.as_ref()),
-            };
+            let facts = facts_now();
             if pending.request != ctl::Request::Query && pending.request != ctl::Request::Stats {
                 info!("control socket: {:?}", pending.request);
             }

@@ -254,8 +254,18 @@ impl Sim {
             }
             assert!(
                 h.core.is_converged(),
-                "seed {seed}: host {p} not converged at {}",
-                self.now
+                "seed {seed}: host {p} not converged at {}; hosts: {}",
+                self.now,
+                self.hosts
+                    .iter()
+                    .map(|(q, h)| format!(
+                        "{q}: {:?} members {:?} last events {:?}",
+                        h.core.state(),
+                        h.core.members(),
+                        &h.events[h.events.len().saturating_sub(3)..]
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
             assert_eq!(
                 h.core.members(),

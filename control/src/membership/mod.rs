@@ -219,6 +219,10 @@ pub struct Membership {
     agreed_default: Option<u8>,
     /// Per rule: enabled, draining or disabled on this host.
     rule_control: Vec<RuleControl>,
+    /// Heartbeats sent (the next one's count).
+    sent: u64,
+    /// When the current target was computed.
+    target_since_ms: u64,
 }
 
 impl Membership {
@@ -243,6 +247,8 @@ impl Membership {
             outvoted: None,
             agreed_default: None,
             rule_control: vec![RuleControl::Enabled; rules],
+            sent: 1,
+            target_since_ms: 0,
             s: settings,
         };
         m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
@@ -510,6 +516,14 @@ impl Membership {
             }
             return;
         }
+        if self.peers[p as usize]
+            .last
+            .as_ref()
+            .is_some_and(|l| l.host_code == ping.host_code && ping.seq <= l.seq)
+        {
+            // Older than what we have from that instance (reordered, or duplicated).
+            return;
+        }
         let was_alive = self.alive(p, now_ms);
         {
             let peer = &mut self.peers[p as usize];
@@ -599,13 +613,17 @@ impl Membership {
             if !std::mem::take(&mut self.farewell) {
                 return None;
             }
-            return Some(self.ping(now_ms));
+            let ping = self.ping(now_ms);
+            self.sent += 1;
+            return Some(ping);
         }
         if now_ms < self.next_ping_ms {
             return None;
         }
         self.next_ping_ms = now_ms + self.s.period_ms;
-        Some(self.ping(now_ms))
+        let ping = self.ping(now_ms);
+        self.sent += 1;
+        Some(ping)
     }
 
     fn window_ms(&self) -> u64 {
@@ -820,6 +838,10 @@ impl Membership {
 
     /// Re-evaluates everything: view, agreement, target, hand-off progress.
     fn recompute(&mut self, now_ms: u64) {
+        self.reevaluate(now_ms);
+    }
+
+    fn reevaluate(&mut self, now_ms: u64) {
         if self.is_stopped() {
             return;
         }
@@ -898,6 +920,7 @@ impl Membership {
                         .is_some_and(|l| l.view == self.view && l.input == input)
             });
         if agreed_input && self.target.is_none() {
+            self.target_since_ms = now_ms;
             let a = assignment::assign(&self.s.modes, &self.input(), Some(&self.previous()));
             let digest = digest_of(&a);
             self.target = Some((input, digest, a));
@@ -914,6 +937,21 @@ impl Membership {
                             .as_ref()
                             .is_some_and(|l| l.target == digest)
                 });
+            // Members that agree on the input but computed another target (they read the
+            // previous owners off bucket maps that were still changing): after a few periods
+            // every host computes it again from the maps it has now.
+            let split = agreed_input
+                && !self.converged
+                && now_ms.saturating_sub(self.target_since_ms) >= 3 * self.s.period_ms
+                && members_of(self.view).into_iter().any(|p| {
+                    self.peers[p as usize]
+                        .last
+                        .as_ref()
+                        .is_some_and(|l| l.target != 0 && l.target != digest)
+                });
+            if split {
+                self.target = None;
+            }
             if agreed && !self.converged {
                 self.converged = true;
                 self.agreed_default = self.default_host();
@@ -1174,6 +1212,7 @@ impl Membership {
         Ping {
             priority: self.s.priority,
             host_code: self.s.host_code,
+            seq: self.sent,
             dedicated_ip: self.s.dedicated_ip,
             config: self.s.config_fingerprint,
             view: self.view,

@@ -103,6 +103,9 @@ pub struct RuleMaps {
 pub struct Ping {
     pub priority: u8,
     pub host_code: u32,
+    /// Counts the sender's heartbeats: a receiver ignores one older than the last it has from
+    /// that sender instance (reordered on the way).
+    pub seq: u64,
     pub dedicated_ip: Ipv4Addr,
     /// Fingerprint of the cluster configuration the sender runs.
     pub config: u32,

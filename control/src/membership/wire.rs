@@ -19,7 +19,8 @@
 //!   28..61  handling priority per rule (33 bytes)
 //!   64..72  sequence number (u64, little-endian; with a cluster key)
 //!   72..104 HMAC-SHA256 tag (with a cluster key) over the 1496-byte payload, tag zeroed
-//!   104..132 reserved
+//!   104..112 heartbeat count of the sender (u64, little-endian): older ones are ignored
+//!   112..132 reserved
 //! ```
 //!
 //! With `[cluster] key_file` every heartbeat is signed; one with a missing or wrong tag, or
@@ -164,6 +165,7 @@ pub fn encode(
     tail[16..20].copy_from_slice(&ping.input.to_le_bytes());
     tail[20..24].copy_from_slice(&ping.target.to_le_bytes());
     tail[24..28].copy_from_slice(&ping.config.to_le_bytes());
+    tail[104..112].copy_from_slice(&ping.seq.to_le_bytes());
     for (i, h) in ping
         .handling_priorities
         .iter()
@@ -334,6 +336,7 @@ pub fn decode(
         ping: Ping {
             priority: repr.host_priority,
             host_code: repr.unique_host_code,
+            seq: u64::from_le_bytes(tail[104..112].try_into().expect("8 bytes")),
             dedicated_ip: repr.dedicated_ip,
             config: u32_at(24),
             view: u32_at(8),
@@ -373,6 +376,7 @@ mod tests {
 
     fn ping() -> Ping {
         Ping {
+            seq: 42,
             priority: 3,
             host_code: 0xdead_beef,
             dedicated_ip: Ipv4Addr::new(192, 0, 2, 13),
