@@ -924,7 +924,13 @@ impl Membership {
             let a = assignment::assign(&self.s.modes, &self.input(), Some(&self.previous()));
             let digest = digest_of(&a);
             self.target = Some((input, digest, a));
+            let before = self.maps();
             self.apply_target(now_ms);
+            // Buckets we stopped taking new connections for: say so at once, so their new
+            // owners take them without waiting a period (and the others see our target).
+            if self.maps() != before {
+                self.next_ping_ms = now_ms;
+            }
         }
         // Phase 2: every member reports the same target.
         if let Some((_, digest, _)) = &self.target {
