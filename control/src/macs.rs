@@ -280,14 +280,11 @@ pub fn ip2mac_report(ip: Ipv4Addr, vips: &[Ipv4Addr]) -> String {
         "    Cisco IOS     mac address-table static {} vlan VLAN interface IF1 IF2",
         cisco_form(multicast)
     ));
-    // A Linux bridge forwards multicast destinations by its mdb, never by its fdb: a
-    // `bridge fdb` entry for this MAC would be accepted and ignored.
-    line(&format!(
-        "    Linux bridge  bridge mdb add dev BRIDGE port PORT grp {multicast} permanent"
-    ));
-    line("                  (once per PORT; Linux 5.11 or later, with multicast_snooping");
-    line("                  on; without it the bridge floods the MAC to every port)");
-
+    // The Linux bridge looks IPv4 frames up by destination IP, not MAC: the cluster's frames
+    // (to a unicast VIP, in a multicast MAC) are unregistered multicast to it, flooded to
+    // the ports with mcast_flood on, whatever its mdb or fdb say about the MAC.
+    line("    Linux bridge  it floods them as unregistered multicast; keep them off the");
+    line("                  other ports with: bridge link set dev PORT mcast_flood off");
     let (igmp, group) = (macs.igmp(), macs.igmp_group());
     line("");
     line(&format!("igmp mode ({igmp}, group {group})"));
@@ -300,8 +297,10 @@ pub fn ip2mac_report(ip: Ipv4Addr, vips: &[Ipv4Addr]) -> String {
     line(&format!(
         "    Linux bridge  bridge mdb add dev BRIDGE port PORT grp {group} permanent"
     ));
-    line("                  (once per IF1 / PORT; a querier on the Linux bridge:");
-    line("                  ip link set dev BRIDGE type bridge mcast_snooping 1 mcast_querier 1)");
+    line("                  (once per PORT; a querier: ip link set dev BRIDGE type bridge");
+    line("                  mcast_snooping 1 mcast_querier 1). Its mdb keys IPv4 frames by");
+    line("                  destination IP, so the VIP's frames still flood as unregistered");
+    line("                  multicast: bridge link set dev PORT mcast_flood off on other ports");
     out
 }
 
@@ -465,9 +464,8 @@ multicast mode (03:bf:c0:00:02:0a)
     Cisco IOS     arp 192.0.2.10 03bf.c000.020a ARPA
   static MAC table entry on the switch, listing every cluster host's port:
     Cisco IOS     mac address-table static 03bf.c000.020a vlan VLAN interface IF1 IF2
-    Linux bridge  bridge mdb add dev BRIDGE port PORT grp 03:bf:c0:00:02:0a permanent
-                  (once per PORT; Linux 5.11 or later, with multicast_snooping
-                  on; without it the bridge floods the MAC to every port)
+    Linux bridge  it floods them as unregistered multicast; keep them off the
+                  other ports with: bridge link set dev PORT mcast_flood off
 
 igmp mode (01:00:5e:7f:02:0a, group 239.255.2.10)
   static ARP entry on the router:
@@ -477,8 +475,10 @@ igmp mode (01:00:5e:7f:02:0a, group 239.255.2.10)
   snooping on and make sure the VLAN has a querier, or add the group statically:
     Cisco IOS     ip igmp snooping vlan VLAN static 239.255.2.10 interface IF1
     Linux bridge  bridge mdb add dev BRIDGE port PORT grp 239.255.2.10 permanent
-                  (once per IF1 / PORT; a querier on the Linux bridge:
-                  ip link set dev BRIDGE type bridge mcast_snooping 1 mcast_querier 1)
+                  (once per PORT; a querier: ip link set dev BRIDGE type bridge
+                  mcast_snooping 1 mcast_querier 1). Its mdb keys IPv4 frames by
+                  destination IP, so the VIP's frames still flood as unregistered
+                  multicast: bridge link set dev PORT mcast_flood off on other ports
 ";
         assert_eq!(ip2mac_report(CLUSTER_IP, &[]), expected);
     }

@@ -210,3 +210,29 @@ fn port_rules_are_drained_disabled_enabled_and_queried_and_suspend_holds_off_sta
     let (exit, _) = app.stop_with(libc::SIGINT, Duration::from_secs(10));
     assert_eq!(exit.code, Some(0), "{}", exit.stderr);
 }
+
+#[test]
+fn ip2mac_prints_the_three_macs_the_group_and_the_static_entries() {
+    let out = std::process::Command::new(wlbs_tests::wlbs_bin())
+        .args(["ip2mac", "192.0.2.10", "--vips", "192.0.2.20"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "02:bf:c0:00:02:0a",
+        "03:bf:c0:00:02:0a",
+        "01:00:5e:7f:02:0a",
+        "239.255.2.10",
+        "ip neigh replace 192.0.2.10 lladdr 03:bf:c0:00:02:0a",
+        "ip neigh replace 192.0.2.20 lladdr 03:bf:c0:00:02:0a",
+        "mac address-table static 03bf.c000.020a",
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+    let bad = std::process::Command::new(wlbs_tests::wlbs_bin())
+        .args(["ip2mac", "192.0.2.300"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "clap refuses a bad address");
+}
