@@ -37,23 +37,41 @@ pub fn unique_prefix(name: &str) -> String {
     )
 }
 
+/// Where a test appliance's DPDK memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// Anonymous memory, no hugepages needed (`--no-huge --no-shconf`).
+    NoHuge,
+    /// Hugepages, for vdevs that share memory with another process (`virtio_user` over
+    /// vhost-user): `--in-memory --single-file-segments` (memfd-backed, so nothing is left in
+    /// hugetlbfs even if the child is killed).
+    Hugepages,
+}
+
 /// EAL arguments every test uses: no hugepages needed, no PCI probing, no shared config,
 /// a private file prefix.
 pub fn base_eal_args(prefix: &str) -> Vec<String> {
-    [
-        "--no-huge",
-        "--no-shconf",
-        "-m",
-        "256",
-        "--no-pci",
-        "--file-prefix",
-        prefix,
-        "--log-level",
-        "lib.eal:notice",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    eal_args_for(prefix, Memory::NoHuge)
+}
+
+fn eal_args_for(prefix: &str, memory: Memory) -> Vec<String> {
+    let memory: &[&str] = match memory {
+        Memory::NoHuge => &["--no-huge", "--no-shconf"],
+        Memory::Hugepages => &["--in-memory", "--single-file-segments"],
+    };
+    memory
+        .iter()
+        .chain(&[
+            "-m",
+            "256",
+            "--no-pci",
+            "--file-prefix",
+            prefix,
+            "--log-level",
+            "lib.eal:notice",
+        ])
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// A running `wlbs run` child. Killed (and its DPDK runtime folder removed) on drop.
@@ -105,6 +123,11 @@ impl Appliance {
     /// Starts `wlbs run` with `config` (TOML text) and `eal` arguments (the base ones are
     /// added). The prefix is cleaned up when the Appliance is dropped.
     pub fn start(name: &str, config: &str, eal: &[String]) -> Appliance {
+        Appliance::start_with(name, config, eal, Memory::NoHuge)
+    }
+
+    /// [`start`](Self::start) with the memory `memory` says.
+    pub fn start_with(name: &str, config: &str, eal: &[String], memory: Memory) -> Appliance {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("wlbs.toml");
         // Each appliance its own control socket, so tests run in parallel.
@@ -130,7 +153,7 @@ impl Appliance {
             config_path.display().to_string(),
             "--".into(),
         ];
-        args.extend(base_eal_args(&prefix));
+        args.extend(eal_args_for(&prefix, memory));
         args.extend(eal.iter().cloned());
         let child = Command::new(wlbs_bin())
             .args(&args)
