@@ -475,3 +475,95 @@ fn a_peer_with_another_cluster_ip_mac_or_mode_is_refused_with_kb_q193598s_cause(
         );
     }
 }
+
+/// A neighbour solicitation from the client for `target`, to its solicited-node group.
+fn solicitation(target: std::net::Ipv6Addr) -> Vec<u8> {
+    use wlbs_dataplane::wire::{icmpv6, ipv6, IpProtocol};
+    let client: std::net::Ipv6Addr = "2001:db8::64".parse().unwrap();
+    let o = target.octets();
+    let group = std::net::Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | o[13] as u16,
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let message = icmpv6::Repr::NeighborSolicit {
+        target_addr: target,
+        source_lladdr: Some(EthernetAddress(CLIENT_MAC)),
+    };
+    let ip = ipv6::Repr {
+        src_addr: client,
+        dst_addr: group,
+        next_header: IpProtocol::ICMPV6,
+        payload_len: message.buffer_len(),
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    let mut f = vec![0u8; 14 + ip.buffer_len()];
+    let g = group.octets();
+    f[0..6].copy_from_slice(&[0x33, 0x33, g[12], g[13], g[14], g[15]]);
+    f[6..12].copy_from_slice(&CLIENT_MAC);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    ip.emit(&mut ipv6::Packet::new_unchecked(&mut f[14..]));
+    message.emit(
+        &mut icmpv6::Packet::new_unchecked(&mut f[14 + ipv6::HEADER_LEN..]),
+        &ip.pseudo_header(),
+    );
+    f
+}
+
+#[test]
+fn an_ipv6_vip_gets_neighbour_advertisements_with_the_cluster_mac() {
+    use wlbs_dataplane::wire::{icmpv6, ipv6};
+    let vip6: std::net::Ipv6Addr = "2001:db8::10".parse().unwrap();
+    let cfg = config("").replace(
+        "vips = [\"192.0.2.20\"]",
+        "vips = [\"192.0.2.20\", \"2001:db8::10\"]",
+    );
+    let run = run("mac-ipv6", &cfg, &[solicitation(vip6)], &[], 400);
+    let adverts: Vec<(bool, EthernetAddress, [u8; 6])> = run
+        .cluster_out
+        .iter()
+        .filter(|r| r.data.get(12..14) == Some(&[0x86, 0xdd][..]))
+        .filter_map(|r| {
+            let ip = ipv6::Packet::new_checked(&r.data[14..]).ok()?;
+            let ip_repr = ipv6::Repr::parse(&ip).ok()?;
+            let icmp = icmpv6::Packet::new_checked(ip.payload()).ok()?;
+            match icmpv6::Repr::parse(&icmp, &ip_repr.pseudo_header()).ok()? {
+                icmpv6::Repr::NeighborAdvert {
+                    solicited_flag,
+                    target_addr,
+                    target_lladdr: Some(mac),
+                    ..
+                } if target_addr == vip6 => Some((solicited_flag, mac, eth_src(r))),
+                _ => None,
+            }
+        })
+        .collect();
+    // One unsolicited advertisement at start, one in answer to the solicitation; the cluster
+    // MAC as the target's link-layer address, the masked MAC as the frame's source.
+    assert!(
+        adverts.iter().any(|(solicited, _, _)| !solicited),
+        "{adverts:?}"
+    );
+    assert!(
+        adverts.iter().any(|(solicited, _, _)| *solicited),
+        "{adverts:?}"
+    );
+    for (_, mac, src) in &adverts {
+        assert_eq!(*mac, EthernetAddress(UNICAST_MAC));
+        assert_eq!(*src, MASKED);
+    }
+    // The solicitation for the VIP is answered here, not passed to the host side.
+    assert!(
+        !run.host_out
+            .iter()
+            .any(|r| r.data.get(12..14) == Some(&[0x86, 0xdd][..])),
+        "the host side saw the solicitation"
+    );
+}
