@@ -222,13 +222,19 @@ fn verb(target: &Target, request: &Request) -> ExitCode {
 
 /// A verb over remote control: every answer printed, one per host.
 fn remote_verb(target: &Target, to: wlbs_control::remote::Target, request: &Request) -> ExitCode {
-    let verb = match request {
-        Request::Query => "query",
-        Request::Stop => "stop",
-        Request::Start => "start",
-        Request::Drainstop => "drainstop",
-        Request::Suspend => "suspend",
-        Request::Resume => "resume",
+    let (verb, arg) = match request {
+        Request::Query => ("query", ""),
+        Request::Stop => ("stop", ""),
+        Request::Start => ("start", ""),
+        Request::Drainstop => ("drainstop", ""),
+        Request::Suspend => ("suspend", ""),
+        Request::Resume => ("resume", ""),
+        Request::Display => ("display", ""),
+        Request::Params => ("params", ""),
+        Request::Enable { rules } => ("enable", rules.as_str()),
+        Request::Disable { rules } => ("disable", rules.as_str()),
+        Request::Drain { rules } => ("drain", rules.as_str()),
+        Request::Queryport { port } => ("queryport", port.as_str()),
         other => {
             eprintln!("wlbs: error: {other:?} is local only (use the control socket)");
             return ExitCode::from(EXIT_UNREACHABLE);
@@ -280,7 +286,7 @@ fn remote_verb(target: &Target, to: wlbs_control::remote::Target, request: &Requ
         .or(config.as_ref().map(|(_, c)| c.remote_control.port))
         .unwrap_or(wlbs_control::remote::DEFAULT_PORT);
     let wait = std::time::Duration::from_millis(target.wait_ms);
-    match wlbs_control::remote::send(&key, cluster_ip, port, verb, to, wait) {
+    match wlbs_control::remote::send(&key, cluster_ip, port, verb, arg, to, wait) {
         Ok(answers) if answers.is_empty() => {
             eprintln!(
                 "wlbs: no host answered {verb} at {cluster_ip}:{port} within {} ms",

@@ -2,8 +2,8 @@
 //! port 2504 by default), answered by every host (`cluster`) or by one (`cluster:<priority>`).
 //!
 //! Only with a cluster key, and never Microsoft's password scheme: a command is one JSON
-//! datagram `{"verb":..,"target":..,"ts":..,"nonce":..,"tag":..}` whose tag is HMAC-SHA256
-//! under the cluster key over the other fields (`verb|target|ts|nonce`). A host refuses,
+//! datagram `{"verb":..,"arg":..,"target":..,"ts":..,"nonce":..,"tag":..}` whose tag is
+//! HMAC-SHA256 under the cluster key over the other fields (`verb|target|ts|nonce|arg`). A host refuses,
 //! counts and logs (rate limited) a command with a missing or wrong tag, a timestamp more
 //! than [`MAX_SKEW_MS`] away from its clock (stale), or a nonce it has seen (a replay). Its
 //! answer is signed the same way over `host|ok|text|nonce`, so the client can tell a host's
@@ -64,6 +64,9 @@ impl std::fmt::Display for Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub verb: String,
+    /// The verb's argument (`enable 80`, `queryport 192.0.2.10:80`); empty for none.
+    #[serde(default)]
+    pub arg: String,
     pub target: String,
     pub ts: u64,
     pub nonce: String,
@@ -84,9 +87,16 @@ pub struct Answer {
     pub tag: String,
 }
 
-/// The verbs remote control carries.
-pub fn request_of(verb: &str) -> Option<Request> {
+/// The verbs remote control carries (not `reload` and `stats`: local only).
+pub fn request_of(verb: &str, arg: &str) -> Option<Request> {
+    let rules = || arg.to_string();
     Some(match verb {
+        "enable" if !arg.is_empty() => Request::Enable { rules: rules() },
+        "disable" if !arg.is_empty() => Request::Disable { rules: rules() },
+        "drain" if !arg.is_empty() => Request::Drain { rules: rules() },
+        "queryport" if !arg.is_empty() => Request::Queryport { port: rules() },
+        "display" => Request::Display,
+        "params" => Request::Params,
         "query" => Request::Query,
         "stop" => Request::Stop,
         "start" => Request::Start,
@@ -121,10 +131,16 @@ fn now_ms() -> u64 {
 impl Command {
     /// A signed command, with a fresh nonce and the current time.
     pub fn new(key: &[u8], verb: &str, target: Target) -> Command {
+        Command::with_arg(key, verb, "", target)
+    }
+
+    /// A signed command with an argument (`enable 80`).
+    pub fn with_arg(key: &[u8], verb: &str, arg: &str, target: Target) -> Command {
         let mut nonce = [0u8; 16];
         getrandom(&mut nonce);
         let mut c = Command {
             verb: verb.to_string(),
+            arg: arg.to_string(),
             target: target.to_string(),
             ts: now_ms(),
             nonce: hex(&nonce),
@@ -137,7 +153,13 @@ impl Command {
     fn expected_tag(&self, key: &[u8]) -> String {
         tag(
             key,
-            &[&self.verb, &self.target, &self.ts.to_string(), &self.nonce],
+            &[
+                &self.verb,
+                &self.target,
+                &self.ts.to_string(),
+                &self.nonce,
+                &self.arg,
+            ],
         )
     }
 }
@@ -251,7 +273,7 @@ impl Receiver {
             return Err(Refused::Replayed);
         }
         let target: Target = c.target.parse().map_err(|_| Refused::Malformed)?;
-        let request = request_of(&c.verb).ok_or(Refused::UnknownVerb)?;
+        let request = request_of(&c.verb, &c.arg).ok_or(Refused::UnknownVerb)?;
         match target {
             Target::Host(p) if p != self.priority => Ok(None),
             _ => Ok(Some((request, c))),
@@ -299,11 +321,12 @@ pub fn send(
     cluster_ip: Ipv4Addr,
     port: u16,
     verb: &str,
+    arg: &str,
     target: Target,
     wait: Duration,
 ) -> Result<Vec<Answer>> {
     send_command(
-        &Command::new(key, verb, target),
+        &Command::with_arg(key, verb, arg, target),
         key,
         cluster_ip,
         port,
@@ -414,6 +437,23 @@ mod tests {
                 .unwrap()
                 .0,
             Request::Drainstop
+        );
+        let drain = Command::with_arg(KEY, "drain", "192.0.2.10:80", Target::Cluster);
+        assert_eq!(
+            r.accept(&serde_json::to_vec(&drain).unwrap(), drain.ts)
+                .unwrap()
+                .unwrap()
+                .0,
+            Request::Drain {
+                rules: "192.0.2.10:80".into()
+            }
+        );
+        let mut retargeted = Command::with_arg(KEY, "drain", "80", Target::Cluster);
+        retargeted.arg = "all".into();
+        assert_eq!(
+            r.accept(&serde_json::to_vec(&retargeted).unwrap(), retargeted.ts),
+            Err(Refused::Unauthenticated),
+            "the argument is signed too"
         );
         let odd = Command::new(KEY, "reload", Target::Cluster);
         assert_eq!(
