@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use dpdk::{Burst, Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
+use dpdk::{Eal, Mempool, Port, PortConfig, PortStats, TxQueue};
 use hdrhistogram::Histogram;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use wlbs_dataplane::conn::{ConnectionCounts, Timeouts};
 use wlbs_dataplane::filter::classify::{Filter, FilterCounters};
 use wlbs_dataplane::wire::EthernetAddress;
@@ -21,18 +21,22 @@ use wlbs_dataplane::worker::{
     WorkerReport,
 };
 
+mod cluster_port;
+mod control_io;
+
+use cluster_port::program_cluster_port;
+pub use control_io::ControlCounts;
+use control_io::{ControlTx, FromPeer, RemoteDatagram, Side};
+
 use crate::cluster::ClusterView;
-use crate::config::ClusterMacSetting;
 use crate::config::{Config, PortSpec};
 use crate::consistency::describe;
 use crate::ctl;
 use crate::diagnostics::Diagnostics;
 use crate::heartbeat;
-use crate::macfilter::{self, MacPort};
-use crate::macs::{ClusterMacs, IgmpVersion, MacMode};
-use crate::membership::wire::{self, DecodeError};
+use crate::membership::wire;
 use crate::membership::{Event, Membership, Refusal};
-use crate::neighbour::{Diagnostic, HostFrame, Neighbour, NeighbourConfig};
+use crate::neighbour::{Diagnostic, HostFrame, Neighbour};
 use crate::peers::Peers;
 use crate::reload;
 use crate::remote;
@@ -71,89 +75,6 @@ pub struct Summary {
     pub control: Option<ControlCounts>,
     /// Heartbeats sent, and their send delay against schedule (p99 and max, ms).
     pub heartbeats_sent: Option<(u64, u64, u64)>,
-}
-
-/// A usable frame from another host.
-enum FromPeer {
-    Ping(Box<wire::Decoded>),
-    Identity(Box<wire::Identity>),
-}
-
-/// What the control thread made of the frames the workers handed it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ControlCounts {
-    pub heartbeats: u64,
-    pub identities: u64,
-    /// EtherType 0x886F with a code that is not NLB's (other Microsoft protocols share it).
-    pub unknown_code: u64,
-    pub malformed: u64,
-    /// Dropped by a worker because its ring to the control thread was full.
-    pub ring_full: u64,
-    /// Heartbeats refused with a cluster key: missing or wrong tag, or replayed.
-    pub rejected: u64,
-}
-
-impl ControlCounts {
-    /// Takes one frame from a worker; a wlbs heartbeat comes back for the membership core.
-    fn take(
-        &mut self,
-        frame: &[u8],
-        auth: Option<(&wire::ClusterKey, &mut wire::ReplayGuard)>,
-    ) -> Option<FromPeer> {
-        match wire::decode(frame, auth) {
-            Ok(d) => {
-                self.heartbeats += 1;
-                debug!(
-                    "heartbeat from host {} (cluster {}, dedicated {})",
-                    d.ping.priority, d.cluster_ip, d.ping.dedicated_ip
-                );
-                Some(FromPeer::Ping(Box::new(d)))
-            }
-            // An NLB heartbeat that is not ours (a Windows host): counted, not used.
-            Err(DecodeError::NotWlbs | DecodeError::BadState(_)) => {
-                self.heartbeats += 1;
-                None
-            }
-            Err(DecodeError::Identity(id)) => {
-                self.identities += 1;
-                debug!(
-                    "identity: host {} is {:?} ({})",
-                    id.repr.host_priority,
-                    id.repr.host_name,
-                    id.repr
-                        .dedicated_ip
-                        .map_or("no dedicated IP".into(), |a| a.to_string())
-                );
-                Some(FromPeer::Identity(id))
-            }
-            Err(e @ (DecodeError::Unauthenticated | DecodeError::Replayed)) => {
-                self.rejected += 1;
-                // Rate limited: the first one, then one line per 1,000.
-                if self.rejected % 1000 == 1 {
-                    let src = frame.get(6..12).map(|m| {
-                        m.iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<Vec<_>>()
-                            .join(":")
-                    });
-                    warn!(
-                        "heartbeat or identity from {} refused: {e} ({} refused so far)",
-                        src.unwrap_or_default(),
-                        self.rejected
-                    );
-                }
-                None
-            }
-            Err(DecodeError::Frame(heartbeat::Error::UnknownCode(_))) => {
-                self.unknown_code += 1;
-                None
-            }
-            Err(DecodeError::Frame(_) | DecodeError::BadConfig(_)) => {
-                self.malformed += 1;
-                None
-            }
-        }
-    }
 }
 
 impl Summary {
@@ -282,7 +203,6 @@ impl ControlQueues {
     }
 }
 
-/// Runs the appliance until `stop` is set (by Ctrl-C or SIGTERM), then stops everything.
 /// Runs the appliance until `stop` is set (by Ctrl-C or SIGTERM), then stops everything.
 /// `reload` (SIGHUP) re-reads `config_path`, as `wlbs reload` does.
 pub fn run(
@@ -1182,234 +1102,6 @@ pub fn run(
     cluster.stop().context("stopping the cluster port")?;
     host.stop().context("stopping the host port")?;
     Ok(summary)
-}
-
-/// A remote control datagram as it arrived: who sent it, and the command.
-struct RemoteDatagram {
-    src_mac: [u8; 6],
-    src_ip: Ipv4Addr,
-    src_port: u16,
-    payload: Vec<u8>,
-}
-
-impl RemoteDatagram {
-    /// An untagged IPv4/UDP frame (`worker::is_udp_to` checked the rest).
-    fn parse(frame: &[u8]) -> Option<RemoteDatagram> {
-        let ihl = (*frame.get(14)? & 0x0f) as usize * 4;
-        let total = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]) as usize;
-        let udp = frame.get(14 + ihl..14 + total.max(ihl))?;
-        let len = u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]) as usize;
-        Some(RemoteDatagram {
-            src_mac: frame.get(6..12)?.try_into().ok()?,
-            src_ip: Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
-            src_port: u16::from_be_bytes([udp[0], udp[1]]),
-            payload: udp.get(8..len.max(8))?.to_vec(),
-        })
-    }
-
-    /// The answer, from the cluster IP and port back to the sender.
-    fn reply(
-        &self,
-        src_mac: EthernetAddress,
-        cluster_ip: Ipv4Addr,
-        port: u16,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let udp_len = 8 + payload.len();
-        let total = 20 + udp_len;
-        let mut f = Vec::with_capacity(14 + total);
-        f.extend_from_slice(&self.src_mac);
-        f.extend_from_slice(&src_mac.0);
-        f.extend_from_slice(&[0x08, 0x00]);
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[6] = 0x40; // don't fragment
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&cluster_ip.octets());
-        ip[16..20].copy_from_slice(&self.src_ip.octets());
-        let sum = !wlbs_dataplane::wire::checksum::data(&ip);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&port.to_be_bytes());
-        f.extend_from_slice(&self.src_port.to_be_bytes());
-        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]); // no UDP checksum (optional over IPv4)
-        f.extend_from_slice(payload);
-        if f.len() < 60 {
-            f.resize(60, 0);
-        }
-        f
-    }
-}
-
-/// Which port a control frame leaves on.
-#[derive(Clone, Copy)]
-enum Side {
-    Cluster,
-    Host,
-}
-
-/// The control thread's own TX queue on each port, when the driver has one to spare; else
-/// its frames go through worker 0's queue (a ring worker 0 drains every loop).
-struct ControlTx {
-    cluster: Option<TxQueue>,
-    host: Option<TxQueue>,
-}
-
-impl ControlTx {
-    /// Sends one frame. A frame that cannot go out is dropped (the next heartbeat follows
-    /// within a period; ARP is retried by its sender).
-    fn send_mbuf(&mut self, side: Side, worker0: &ControlChannel, m: dpdk::Mbuf) {
-        let (tx, ring) = match side {
-            Side::Cluster => (self.cluster.as_mut(), &worker0.tx),
-            Side::Host => (self.host.as_mut(), &worker0.host_tx),
-        };
-        match tx {
-            Some(tx) => {
-                let mut burst = Burst::new();
-                let _ = burst.push(m);
-                tx.tx_burst(&mut burst);
-            }
-            None => {
-                let _ = ring.push(m);
-            }
-        }
-    }
-
-    fn send_bytes(&mut self, pool: &Mempool, side: Side, worker0: &ControlChannel, frame: &[u8]) {
-        let Some(mut m) = pool.alloc() else {
-            warn!("no mbuf for a control frame");
-            return;
-        };
-        match m.append(frame.len()) {
-            Some(room) => room.copy_from_slice(frame),
-            None => return,
-        }
-        self.send_mbuf(side, worker0, m);
-    }
-}
-
-/// How this host's cluster port handles the cluster MAC (`[cluster] mode`), decided at start.
-struct MacPlan {
-    cluster_mac: EthernetAddress,
-    /// Unicast mode with masking: the source of every frame leaving the cluster port.
-    masked_source: Option<EthernetAddress>,
-    /// Source of the control thread's own frames (heartbeats).
-    source: EthernetAddress,
-    heartbeat_destination: EthernetAddress,
-    neighbour: NeighbourConfig,
-    /// For `query`: "unicast cluster MAC ... received as the port's MAC address".
-    describe: String,
-}
-
-impl MacPlan {
-    /// Writes the masked source into a frame leaving the cluster port (unicast mode).
-    fn mask(&self, frame: &mut [u8]) {
-        if let (Some(src), Some(field)) = (self.masked_source, frame.get_mut(6..12)) {
-            field.copy_from_slice(&src.0);
-        }
-    }
-}
-
-/// Makes the cluster port receive the cluster MAC (and the host side's own MAC), and works
-/// out the sources and destinations the mode asks for.
-fn program_cluster_port(
-    cluster: &mut Port,
-    c: &crate::config::Cluster,
-    host: &crate::config::Host,
-    dp: &crate::config::Dataplane,
-    diagnostics: &mut Diagnostics,
-) -> Result<MacPlan> {
-    let mode = c.mode.0;
-    let cluster_mac = c.cluster_mac();
-    let programmed = macfilter::program(cluster, mode, cluster_mac.0)
-        .map_err(|e| anyhow::anyhow!("[cluster] mode = {mode:?}: {e}"))?;
-    info!("cluster port {}: {programmed}", cluster.name());
-    if mode == MacMode::Unicast && programmed.method.is_fallback() {
-        let d = Diagnostic::MacNotProgrammable {
-            fallback: format!(
-                "promiscuous mode ({})",
-                programmed
-                    .refused
-                    .iter()
-                    .map(|(m, e)| format!("{} refused: {e}", m.describe()))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        };
-        diagnostics.report(&d, 0);
-        warn!("{d}");
-    }
-    // Frames for the host side's own MAC (its dedicated IP) arrive on the cluster port too.
-    if !cluster.promiscuous() {
-        let why = match dp.host_mac {
-            Some(mac) => match MacPort::add_mac(cluster, mac.0 .0) {
-                Ok(()) => None,
-                Err(e) => Some(format!(
-                    "adding host_mac {} as a MAC filter failed ({e})",
-                    mac.0
-                )),
-            },
-            None => Some(
-                "[dataplane] host_mac is not set, so the host side's MAC is unknown".to_string(),
-            ),
-        };
-        if let Some(why) = why {
-            match cluster.set_promiscuous(true) {
-                Ok(()) => info!("cluster port {}: promiscuous mode: {why}", cluster.name()),
-                Err(e) => warn!(
-                    "cluster port {}: {why}, and promiscuous mode was refused ({e}): frames for the host side's own MAC will not arrive",
-                    cluster.name()
-                ),
-            }
-        }
-    }
-    let nic_mac = EthernetAddress(cluster.mac()?);
-    let priority = host.priority;
-    let masked_source = (mode == MacMode::Unicast && c.mask_source_mac)
-        .then(|| ClusterMacs::new(c.ip).masked_source(priority));
-    if mode == MacMode::Unicast && !c.mask_source_mac {
-        warn!(
-            "[cluster] mask_source_mac = false in unicast mode: frames leave the cluster port with the port's own MAC {nic_mac} as their source{}",
-            if nic_mac == cluster_mac {
-                ", which is the cluster MAC: the switch will learn it and send all cluster traffic to one port (KB Q258609)"
-            } else {
-                ""
-            }
-        );
-    }
-    let mut neighbour = NeighbourConfig::new(c.ip, priority, nic_mac);
-    neighbour.mode = mode;
-    neighbour.igmp_version = if c.igmp_version == 1 {
-        IgmpVersion::V1
-    } else {
-        IgmpVersion::V2
-    };
-    neighbour.vips = c.vips.clone();
-    neighbour.dedicated_ip = match host.dedicated_ip {
-        Some(std::net::IpAddr::V4(a)) => Some(a),
-        _ => None,
-    };
-    neighbour.cluster_mac = match c.mac {
-        ClusterMacSetting::Given(mac) => Some(mac),
-        ClusterMacSetting::Auto => None,
-    };
-    neighbour.mask_source_mac = c.mask_source_mac;
-    neighbour.multicast_spoof = c.multicast_spoof;
-    Ok(MacPlan {
-        cluster_mac,
-        masked_source,
-        source: masked_source.unwrap_or(nic_mac),
-        heartbeat_destination: if mode == MacMode::Unicast {
-            EthernetAddress::BROADCAST
-        } else {
-            cluster_mac
-        },
-        neighbour,
-        describe: programmed.to_string(),
-    })
 }
 
 /// Per rule: live descriptors and accepted packets, summed over the workers.
