@@ -2,22 +2,28 @@
 # The wlbs virtual lab (ARCHITECTURE.md section 8, level 4): a whole cluster in network
 # namespaces on one machine, with real kernel TCP clients and servers, sharing ONE cluster IP.
 #
-#   client ns ---+    (64 client addresses; the cluster MAC pinned in its neighbour table)
+#   client ns ---+    (64 client addresses; learns the cluster MAC by ARP from the appliances)
 #                |        switch ns (Linux bridge: floods frames for the cluster MAC to all)
-#                +--- wlbs-br ---+------------------+---- ...
-#                                |                  |
+#                +--- wlbs-br ---+------------------+------------------+---- ...
+#                                |                  |                  |
 #               appliance ns a1: [cluster port] wlbs [host port] --- server ns s1 (HTTP "host 1")
 #               appliance ns a2: [cluster port] wlbs [host port] --- server ns s2 (HTTP "host 2")
+#                                                                      bystander ns by (tcpdump)
 #
 # Every appliance is a `wlbs` process on two net_af_packet ports over veths (cluster side to
 # the bridge, host side to its server), a bump in the wire exactly where the WLBS driver sat.
-# NLB unicast mode: the cluster IP 192.0.2.10 has the cluster MAC 02:bf:c0:00:02:0a, which no
-# frame carries as its source, so the bridge never learns it and floods every frame for the
-# cluster IP to every host. Each appliance (static membership: every host is live) keeps the
-# frames whose bucket its host owns, rewrites their destination MAC to its server's and drops
-# the others; everything else (dedicated addresses, ARP) crosses unchanged. Each server holds
-# the cluster IP on lo (arp_ignore=1, arp_announce=2: it never answers ARP for it) and its
-# dedicated address 192.0.2.(10+I) on its NIC.
+# The cluster IP 192.0.2.10 has a cluster MAC by NLB mode (--mode): unicast 02:bf:c0:00:02:0a,
+# which no frame carries as its source (each host sends with 02:0I:c0:00:02:0a), so the
+# bridge never learns it and floods every frame for the cluster IP to every port; multicast
+# 03:bf:c0:00:02:0a, which the bridge (snooping off) floods to every port; igmp
+# 01:00:5e:7f:02:0a, the MAC of group 239.255.2.10, which the hosts join by IGMP, on a bridge
+# with IGMP snooping and a querier. The client has no static entry: the appliances answer its
+# ARP for the cluster IP with the cluster MAC. Each appliance keeps the frames whose bucket its
+# host owns, rewrites their destination MAC to its server's and drops the others; everything
+# else (dedicated addresses) crosses unchanged. Each server holds the cluster IP on lo
+# (arp_ignore=1, arp_announce=2: it never answers ARP for it) and its dedicated address
+# 192.0.2.(10+I) on its NIC. The bystander is a bridge port with no host behind it (in igmp
+# mode with mcast_flood off), captured to see where the switch sends the cluster's frames.
 #
 #   scripts/lab.sh [run]   build, set the lab up, send a bounded HTTP workload to the cluster
 #                          IP from many client addresses and ports, print each host's share,
@@ -25,6 +31,22 @@
 #                          servers' counts of served requests differ from what the client saw
 #                          answered, a host got nothing, the bridge learned the cluster MAC,
 #                          or an appliance failed to start, crashed or did not stop cleanly.
+#                          MAC mode checks: the client learned the cluster MAC by ARP (and
+#                          still has it at the end; in the multicast modes, were Linux to
+#                          refuse a multicast MAC by ARP, the entry is pinned with the line
+#                          `wlbs ip2mac` prints, and the output says so); each appliance's
+#                          bridge port is captured from before its start to after its stop
+#                          (tcpdump -Q in in the switch namespace): in unicast mode every frame
+#                          an appliance sent must have its masked source 02:0I:..., in every
+#                          mode none the cluster MAC; the bystander must get the cluster's
+#                          frames in unicast and multicast mode (the flood), none in igmp mode;
+#                          igmp mode: `bridge mdb show` must list the group on every running
+#                          appliance's port, not on the bystander's, and the captures must show
+#                          each appliance's reports, its answers to the bridge's queries (every
+#                          3 s) and its leave at stop. (The Linux bridge forwards IPv4 by
+#                          destination IP, so the joins cannot steer frames to the unicast
+#                          cluster IP: the hosts' ports are multicast router ports, see
+#                          create_host.)
 #                          Heartbeat membership (2+ hosts) adds a failover phase: the time
 #                          each host took to converge, then kill -9 of the last host under a
 #                          client load (fails unless the survivors converge without it within
@@ -43,8 +65,22 @@
 #                          host 2 logs "drainstop complete" after its last connection ends
 #                          and within the close wait + the 1 s expiry sweep + 5 periods,
 #                          `wlbs query` says stopped, and the others log "host 2 left the
-#                          cluster" and converge without it). The times of each phase are
-#                          printed at the end.
+#                          cluster" and converge without it). Then a remote control phase
+#                          (the appliances have a cluster key, cluster.key in the log folder,
+#                          and [remote_control] enabled): `wlbs query --remote cluster` from
+#                          the client must be answered once by every running host, `wlbs
+#                          stop|start --remote cluster:3` must stop and start host 3 (its
+#                          state read over its control socket), and the query's datagram,
+#                          captured in the client namespace and sent again, must get no answer
+#                          and be logged "refused: replayed" and counted by every host. Then a
+#                          reload phase: under short requests, a rule added on every host
+#                          (--reload change: the port-80 rule widened to 80-81) and applied
+#                          with `wlbs reload` (odd hosts) or SIGHUP (even ones): each must log
+#                          "reload: applied" and know the new port (`wlbs queryport`); then a
+#                          broken configuration on host 1 must be refused ("reload refused,
+#                          nothing changed", exit 1); every request started in the phase must
+#                          be answered, and each server's count must equal the answers that
+#                          name it. The times of each phase are printed at the end.
 #   scripts/lab.sh up      build and set the lab up, then leave it running (prints how to use it;
 #                          each appliance answers `wlbs query|drainstop|stop|start --socket`
 #                          on its control socket hI.sock in the log folder)
@@ -52,7 +88,10 @@
 #
 # Options (or environment): --hosts N (WLBS_LAB_HOSTS, default 3), --requests N in all
 # (WLBS_LAB_REQUESTS, default 300), --parallel N client loops at once (WLBS_LAB_PARALLEL,
-# default 4), --no-build (WLBS_LAB_NO_BUILD=1).
+# default 4), --membership heartbeats|static (WLBS_LAB_MEMBERSHIP, default heartbeats),
+# --mode unicast|multicast|igmp ([cluster] mode; WLBS_LAB_MODE, default unicast),
+# --reload add|change|none (the reload phase; none skips it; WLBS_LAB_RELOAD, default add),
+# --no-build (WLBS_LAB_NO_BUILD=1).
 #
 # Addresses are documentation addresses (192.0.2.0/24) inside the namespaces only: no default
 # routes, no link into the root namespace. Every namespace is named wlbs-lab-*, every
@@ -70,9 +109,12 @@ HOSTS=${WLBS_LAB_HOSTS:-3}
 # heartbeats: the appliances find each other and converge (WLBS membership, 100 ms period);
 # static: [cluster] members lists every host.
 MEMBERSHIP=${WLBS_LAB_MEMBERSHIP:-heartbeats}
+# NLB cluster operation mode ([cluster] mode): unicast, multicast or igmp.
+MODE=${WLBS_LAB_MODE:-unicast}
 REQUESTS=${WLBS_LAB_REQUESTS:-300}       # requests to the cluster IP, in all
 PARALLEL=${WLBS_LAB_PARALLEL:-4}         # client loops sending at the same time
 NO_BUILD=${WLBS_LAB_NO_BUILD:-0}
+RULE_PORTS=80                            # the port rule's ports (the reload phase widens it)
 WORKERS=1                                # wlbs [dataplane] workers; lcores = workers + 1
                                          # (more needs qpairs=N on the af_packet vdevs)
 CURL_MAX_TIME=2                          # seconds per request
@@ -102,28 +144,52 @@ DRAIN_HOST=2                             # drainstop host 2 (not the default hos
 DRAIN_NEW_PERIODS=5                      # no new connection reaches it after 5 periods
 DRAIN_AFTER=1                            # short requests go on 1 s after "drainstop complete"
 PHASE_CLIENT_LIMIT=30                    # backstop of the phases' short-request client
+REMOTE_PORT=2504                         # remote control phase: [remote_control] port,
+REMOTE_HOST=3                            # the host stopped and started remotely (else the last)
+# reload phase: "add" a rule for port RELOAD_ADD_PORT, or "change" the port-80 rule to
+# RELOAD_PORTS (the rule the traffic uses), or "none" to skip the phase
+RELOAD_KIND=${WLBS_LAB_RELOAD:-add}
+RELOAD_ADD_PORT=8080
+RELOAD_PORTS=80-81
+RELOAD_AFTER=1                           # short requests go on 1 s after each reload,
+RELOAD_BROKEN_HOST=1                     # the host given a broken configuration
 SWEEP_MS=1000                            # the dataplane's expiry sweep visits every
                                          # descriptor once a second (worker.rs
                                          # SWEEP_PERIOD_MS): a closed connection's goes
                                          # close wait .. close wait + 1 s after its last packet
 
 readonly NS_PREFIX=wlbs-lab
-readonly NS_SW=wlbs-lab-sw NS_CLIENT=wlbs-lab-c
+readonly NS_SW=wlbs-lab-sw NS_CLIENT=wlbs-lab-c NS_BY=wlbs-lab-by
 readonly BRIDGE=wlbs-br CLIENT_IF=wlbs-c SW_CLIENT_IF=wlbs-sw-c
+readonly BY_IF=wlbs-by SW_BY_IF=wlbs-sw-by # the bystander: a bridge port with no cluster host
+readonly BRIDGE_IP=192.0.2.254             # igmp mode: the querier's source address,
+readonly IGMP_QUERY_CS=300                 # and its query interval (centiseconds)
 readonly NET=192.0.2 PREFIX_LEN=24
 readonly CLUSTER_IP=192.0.2.10 # the cluster IP (VIP) every host shares
 readonly CLIENT_BASE=100 CLIENT_ADDRS=64 # client addresses 192.0.2.100 .. 192.0.2.163
 readonly CLIENT_MAC=02:00:00:00:00:64
 readonly LOCK_FILE=/run/wlbs-lab.lock
 
-# NLB unicast mode: the cluster MAC is 02-BF followed by the four bytes of the cluster IP.
-unicast_cluster_mac() { # unicast_cluster_mac IPV4
+# The cluster MAC of each NLB mode: unicast 02-BF-a-b-c-d, multicast 03-BF-a-b-c-d, igmp
+# 01-00-5E-7F-c-d (the MAC of the IGMP group 239.255.c.d); as `wlbs ip2mac` prints them.
+cluster_mac() { # cluster_mac MODE IPV4
   local a b c d
-  IFS=. read -r a b c d <<<"$1"
-  printf '02:bf:%02x:%02x:%02x:%02x' "$a" "$b" "$c" "$d"
+  IFS=. read -r a b c d <<<"$2"
+  case $1 in
+    unicast) printf '02:bf:%02x:%02x:%02x:%02x' "$a" "$b" "$c" "$d" ;;
+    multicast) printf '03:bf:%02x:%02x:%02x:%02x' "$a" "$b" "$c" "$d" ;;
+    igmp) printf '01:00:5e:7f:%02x:%02x' "$c" "$d" ;;
+  esac
 }
-CLUSTER_MAC=$(unicast_cluster_mac "$CLUSTER_IP")
-readonly CLUSTER_MAC
+# unicast mode: host I sends every frame with the masked source 02-0I-a-b-c-d.
+masked_mac() { # masked_mac I
+  local a b c d
+  IFS=. read -r a b c d <<<"$CLUSTER_IP"
+  printf '02:%02x:%02x:%02x:%02x:%02x' "$1" "$a" "$b" "$c" "$d"
+}
+IGMP_GROUP="239.255.$(cut -d. -f3,4 <<<"$CLUSTER_IP")"
+readonly IGMP_GROUP
+CLUSTER_MAC="" # of MODE, set once the options are read
 
 ns_app() { echo "wlbs-lab-a$1"; }      # appliance namespace of host $1
 ns_srv() { echo "wlbs-lab-s$1"; }      # server namespace of host $1
@@ -168,7 +234,7 @@ now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 fmt_ms() { printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000)); }
 
 usage() {
-  sed -n '/^#   scripts/,/^# default 4/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '/^#   scripts/,/^# --no-build/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # ----------------------------------------------------------------------------------------
@@ -202,6 +268,16 @@ check_args() {
     die "--parallel must be 1..$MAX_PARALLEL (got '$PARALLEL')"
   fi
   [[ $WORKLOAD_TIMEOUT =~ ^[0-9]+$ ]] || die "WLBS_LAB_TIMEOUT must be seconds"
+  case $MODE in
+    unicast | multicast | igmp) ;;
+    *) die "--mode must be unicast, multicast or igmp (got '$MODE')" ;;
+  esac
+  case $RELOAD_KIND in
+    add | change | none) ;;
+    *) die "--reload must be add, change or none (got '$RELOAD_KIND')" ;;
+  esac
+  CLUSTER_MAC=$(cluster_mac "$MODE" "$CLUSTER_IP")
+  readonly CLUSTER_MAC
 }
 
 # One lab at a time: names are fixed. fd 9 holds the lock for this script's lifetime; every
@@ -228,7 +304,7 @@ build() {
 lab_namespaces() {
   # Exactly our names, nothing else that merely starts with wlbs-.
   ip netns list 2>/dev/null | awk '{print $1}' |
-    grep -E "^${NS_PREFIX}-(sw|c|a[0-9]+|s[0-9]+)\$" | sort -V || true
+    grep -E "^${NS_PREFIX}-(sw|c|by|a[0-9]+|s[0-9]+)\$" | sort -V || true
 }
 
 is_running() {
@@ -330,7 +406,7 @@ teardown() {
   # an older version might have; remove exactly our interface names.
   local ifname
   for ifname in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
-    grep -E '^wlbs-(br|c|sw-c|sw-a[0-9]+|a[0-9]+-(cl|ho)|s[0-9]+)$' || true); do
+    grep -E '^wlbs-(br|c|by|sw-c|sw-by|sw-a[0-9]+|a[0-9]+-(cl|ho)|s[0-9]+)$' || true); do
     ip link del "$ifname" 2>/dev/null || true
     n=$((n + 1))
   done
@@ -404,8 +480,35 @@ create_switch() {
   # STP stays off (the default), so ports forward at once; the bridge learns source MACs and
   # floods unknown unicast (the defaults), like the switch in front of a WLBS cluster: the
   # cluster MAC is never a source, so frames for it go to every port.
-  ip -n "$NS_SW" link add "$BRIDGE" type bridge
+  case $MODE in
+    igmp)
+      # IGMP snooping with the bridge as the querier (source BRIDGE_IP): it learns which
+      # ports joined the cluster's group from the appliances' reports (bridge mdb show).
+      # Queries every 3 s (centiseconds), answers within 1 s: a short lab sees many.
+      ip -n "$NS_SW" link add "$BRIDGE" type bridge mcast_snooping 1 mcast_querier 1 \
+        mcast_query_use_ifaddr 1 mcast_query_interval "$IGMP_QUERY_CS" \
+        mcast_query_response_interval 100 mcast_startup_query_interval 100
+      ip -n "$NS_SW" addr add "$BRIDGE_IP/$PREFIX_LEN" dev "$BRIDGE"
+      ;;
+    *)
+      # No snooping: multicast frames (the multicast cluster MAC) go to every port.
+      ip -n "$NS_SW" link add "$BRIDGE" type bridge mcast_snooping 0
+      ;;
+  esac
   ip -n "$NS_SW" link set "$BRIDGE" up
+}
+
+# A port with no cluster host behind it: a namespace with nothing but a capture, to see what
+# the switch sends to ports that are not the cluster's. In igmp mode it has mcast_flood off,
+# as a snooping switch treats ports that joined nothing.
+create_bystander() {
+  ns_add "$NS_BY"
+  veth "$NS_BY" "$BY_IF" "$NS_SW" "$SW_BY_IF"
+  ip -n "$NS_SW" link set "$SW_BY_IF" master "$BRIDGE"
+  ip -n "$NS_BY" link set "$BY_IF" address 02:00:00:00:00:fe
+  if [ "$MODE" = igmp ]; then
+    ip netns exec "$NS_SW" bridge link set dev "$SW_BY_IF" mcast_flood off
+  fi
 }
 
 create_client() {
@@ -419,8 +522,8 @@ create_client() {
   for ((k = 0; k < CLIENT_ADDRS; k++)); do
     echo "address add $(client_ip "$k")/$PREFIX_LEN dev $CLIENT_IF"
   done | ip -n "$NS_CLIENT" -batch -
-  # ARP for the cluster IP comes later (the appliance will answer it); until then pin it.
-  ip -n "$NS_CLIENT" neigh replace "$CLUSTER_IP" lladdr "$CLUSTER_MAC" dev "$CLIENT_IF" nud permanent
+  # No neighbour entry for the cluster IP: the client learns the cluster MAC by ARP from the
+  # appliances (learn_cluster_mac).
 }
 
 create_host() {
@@ -430,6 +533,13 @@ create_host() {
   ns_add "$ns"
   veth "$NS_SW" "$(if_sw "$i")" "$na" "$(if_cluster "$i")"
   ip -n "$NS_SW" link set "$(if_sw "$i")" master "$BRIDGE"
+  if [ "$MODE" = igmp ]; then
+    # With snooping and a querier, the Linux bridge forwards an IPv4 frame by its destination
+    # IP, not its MAC: frames to the cluster IP (a unicast IP behind the group's MAC) match no
+    # group, and go to multicast router ports only (br_multicast_ipv4_rcv: "mrouters_only"),
+    # whatever the hosts joined. So the hosts' ports are made router ports, statically.
+    ip netns exec "$NS_SW" bridge link set dev "$(if_sw "$i")" mcast_router 2
+  fi
   veth "$na" "$(if_host "$i")" "$ns" "$nic"
   # The appliance's ports carry no addresses; promiscuous because they carry frames for
   # other MACs (the cluster MAC, the server's).
@@ -479,8 +589,21 @@ membership_config() { # the [cluster] lines that choose how hosts know each othe
     static) echo "members = [$(members)]  # static membership: every host of the lab is live" ;;
     *) echo "heartbeat_period_ms = $HB_PERIOD_MS  # WLBS membership: heartbeats every $HB_PERIOD_MS ms"
        echo "heartbeat_tolerance = $HB_TOLERANCE"
-       echo "connection_cleanup_delay_s = $CLEANUP_DELAY_S  # a moved bucket's old owner keeps its connections this long at most" ;;
+       echo "connection_cleanup_delay_s = $CLEANUP_DELAY_S  # a moved bucket's old owner keeps its connections this long at most"
+       echo "key_file = \"$(key_file)\"  # signed heartbeats and remote control" ;;
   esac
+}
+
+key_file() { echo "$LOGDIR/cluster.key"; } # the cluster key (heartbeats membership)
+
+remote_config() { # [remote_control] (heartbeats membership: with the cluster key)
+  [ "$MEMBERSHIP" != static ] || return 0
+  printf '\n[remote_control]\nenabled = true  # wlbs VERB --remote cluster[:N], UDP port 2504\n'
+}
+
+# The lab's [[port_rule]]: port 80 (the reload phase widens it).
+port_rule() { # port_rule [PORTS]
+  printf '[[port_rule]]\nports = "%s"\nprotocol = "tcp"\naffinity = "none"  # client address + port: each connection on its own\n' "${1:-80}"
 }
 
 lab_hosts() { # every host set up: 1..HOSTS, and the join phase's spare host once there is one
@@ -513,20 +636,19 @@ host_mac = "$(server_mac "$i")"  # server $i: accepted frames are rewritten to i
 tcp_close_wait_s = $CLOSE_WAIT_S  # a closed connection's descriptor goes soon: drains end fast
 
 [cluster]
-ip = "$CLUSTER_IP"  # cluster MAC $CLUSTER_MAC (unicast mode)
+ip = "$CLUSTER_IP"
+mode = "$MODE"  # cluster MAC $CLUSTER_MAC
 $(membership_config)
 
 [host]
 priority = $i
 dedicated_ip = "$(server_ip "$i")"  # server $i's own address: never load balanced
 
-[[port_rule]]
-ports = "80"
-protocol = "tcp"
-affinity = "none"  # client address + port: each connection on its own
+$(port_rule "$RULE_PORTS")
 
 [control]
-socket = "$(ctl_socket "$i")"  # wlbs query|drainstop|stop|start --socket ...
+socket = "$(ctl_socket "$i")"  # wlbs query|drainstop|stop|start|reload --socket ...
+$(remote_config)
 EOF
   APP_T0[i]=$(now_ms)
   spawn "$(ns_app "$i")" "$log" "$(wlbs_bin)" run --config "$cfg" -- "${eal[@]}"
@@ -602,6 +724,7 @@ wait_ready() {
   done
   local t1
   t1=$(now_ms)
+  learn_cluster_mac
   until who=$(probe "$CLUSTER_IP"); do
     check_alive || exit 1
     if [ "$(now_ms)" -ge $deadline ]; then
@@ -614,6 +737,241 @@ wait_ready() {
   say "all $HOSTS dedicated addresses answer through their appliances after $(fmt_ms $((t1 - t0)));" \
     "the cluster IP $CLUSTER_IP answers (host $who) after $(fmt_ms $(($(now_ms) - t0)))"
   read_buckets
+}
+
+# ----------------------------------------------------------------------------------------
+# The cluster MAC modes: what the client learns by ARP, what the switch does with the frames
+# ----------------------------------------------------------------------------------------
+
+# The client's neighbour entry for the cluster IP: "LLADDR STATE" (or "- STATE", or "").
+neigh_entry() {
+  ip -n "$NS_CLIENT" neigh show "$CLUSTER_IP" dev "$CLIENT_IF" 2>/dev/null |
+    awk '{ mac = "-"; for (i = 1; i < NF; i++) if ($i == "lladdr") mac = $(i + 1); print mac, $NF; exit }'
+}
+
+# The client has no neighbour entry for the cluster IP: it must learn the cluster MAC from
+# the appliances' ARP answers (probes to the cluster IP make it ask). A router may refuse to
+# map a unicast IP to a multicast MAC (RFC 1812 3.3.2): then, in the multicast modes only,
+# the entry is pinned as a router admin would, with the line `wlbs ip2mac` prints.
+ARP_TIMEOUT=5
+NEIGH_HOW="" # how the client got the cluster MAC, for the report
+learn_cluster_mac() {
+  local deadline entry line
+  local -a words
+  deadline=$(($(now_ms) + ARP_TIMEOUT * 1000))
+  while :; do
+    entry=$(neigh_entry)
+    if [ "${entry%% *}" = "$CLUSTER_MAC" ]; then
+      NEIGH_HOW="learned by ARP"
+      say "arp: the client learned $CLUSTER_IP -> $CLUSTER_MAC from the appliances' ARP answers" \
+        "(neighbour state ${entry#* })"
+      return 0
+    fi
+    [ "$(now_ms)" -lt $deadline ] || break
+    probe "$CLUSTER_IP" >/dev/null || true
+    sleep 0.2
+  done
+  if [ "$MODE" = unicast ]; then
+    warn "FAIL: arp: the client did not learn $CLUSTER_IP -> $CLUSTER_MAC within ${ARP_TIMEOUT}s" \
+      "(its neighbour entry: '${entry:-none}')"
+    for ((i = 1; i <= HOSTS; i++)); do log_tail "$LOGDIR/h$i.log"; done
+    exit 1
+  fi
+  line=$("$(wlbs_bin)" ip2mac "$CLUSTER_IP" | grep -m 1 "ip neigh replace $CLUSTER_IP lladdr $CLUSTER_MAC " || true)
+  [ -n "$line" ] || die "FAIL: wlbs ip2mac $CLUSTER_IP printed no static ARP line for $CLUSTER_MAC"
+  read -r -a words <<<"${line#*Linux}"
+  words=("${words[@]/#IFACE/$CLIENT_IF}")
+  say "arp: the client did not take $CLUSTER_IP -> $CLUSTER_MAC from the ARP answers within" \
+    "${ARP_TIMEOUT}s (neighbour entry '${entry:-none}'): Linux refuses a multicast MAC for a" \
+    "unicast IP; pinning it as a router admin would, with the line wlbs ip2mac prints: ${words[*]}"
+  ip -n "$NS_CLIENT" "${words[@]:1}"
+  NEIGH_HOW="pinned statically (Linux refused it by ARP)"
+}
+
+# Every appliance's cluster-side bridge port (what the appliance sends) and the bystander's
+# port (what the switch sends it) are captured from before the appliances start to after they
+# stop.
+declare -a CAP_PID=()
+start_captures() {
+  local i
+  for i in $(lab_hosts); do
+    spawn "$NS_SW" "$LOGDIR/sw-a$i.cap.log" tcpdump -i "$(if_sw "$i")" -Q in -n -U -s 128 \
+      -w "$LOGDIR/sw-a$i.pcap"
+    CAP_PID[i]=$!
+  done
+  spawn "$NS_BY" "$LOGDIR/by.cap.log" tcpdump -i "$BY_IF" -Q in -n -U -s 128 -w "$LOGDIR/by.pcap"
+  CAP_PID[0]=$!
+  # Until each one says it listens (else the first frames would be missed).
+  local deadline=$(($(now_ms) + 5000)) f
+  for f in "$LOGDIR"/sw-a*.cap.log "$LOGDIR/by.cap.log"; do
+    until grep -q 'listening on' "$f" 2>/dev/null; do
+      [ "$(now_ms)" -lt $deadline ] || die "tcpdump did not start (see $f)"
+      sleep 0.05
+    done
+  done
+}
+
+stop_captures() {
+  local pid
+  for pid in "${CAP_PID[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${CAP_PID[@]}"; do wait "$pid" 2>/dev/null || true; done
+  CAP_PID=()
+}
+
+# unicast mode: every frame appliance I sent to the switch has the masked source
+# 02-0I-a-b-c-d (heartbeats, ARP, the servers' frames). Every mode: none has the cluster MAC
+# as source. And what reached the bystander: the flood of the cluster's traffic (unicast,
+# multicast) or nothing of it (igmp, mcast_flood off).
+check_captures() {
+  local i f lines n bad want by_ip by_mac by_all
+  local -a frames=()
+  for i in $(lab_hosts); do
+    f="$LOGDIR/sw-a$i.pcap"
+    [ -n "${APP_PID[i]:-}" ] || continue
+    lines=$(tcpdump -r "$f" -e -n -t 2>/dev/null) || true
+    n=$(grep -c . <<<"$lines" || true)
+    if [ "$MODE" = unicast ]; then
+      want=$(masked_mac "$i")
+      bad=$(awk -v w="$want" '$1 != w' <<<"$lines" | grep -c . || true)
+    else
+      want="not $CLUSTER_MAC"
+      bad=$(awk -v w="$CLUSTER_MAC" '$1 == w' <<<"$lines" | grep -c . || true)
+    fi
+    if [ "$n" = 0 ]; then
+      warn "FAIL: capture: no frame from appliance h$i on bridge port $(if_sw "$i") ($f)"
+      FAILED=1
+    elif [ "$bad" != 0 ]; then
+      warn "FAIL: capture: $bad of $n frames from appliance h$i on bridge port $(if_sw "$i")" \
+        "have another source than $want; the first ones:"
+      if [ "$MODE" = unicast ]; then
+        awk -v w="$want" '$1 != w' <<<"$lines" | head -n 10 | sed 's/^/  | /' >&2
+      else
+        awk -v w="$CLUSTER_MAC" '$1 == w' <<<"$lines" | head -n 10 | sed 's/^/  | /' >&2
+      fi
+      FAILED=1
+    fi
+    frames+=("h$i $n")
+  done
+  if [ "$MODE" = unicast ]; then
+    say "capture: every frame the appliances sent to the switch has its masked source" \
+      "02:0I:c0:00:02:0a (frames: ${frames[*]})"
+  else
+    say "capture: no frame the appliances sent to the switch has the cluster MAC as source" \
+      "(frames: ${frames[*]}; sources: $(for i in $(lab_hosts); do
+        tcpdump -r "$LOGDIR/sw-a$i.pcap" -e -n -t 2>/dev/null | awk '{print $1}' | sort -u | paste -sd/
+      done | paste -sd' '))"
+  fi
+
+  [ "$MODE" != igmp ] || check_igmp_frames
+
+  by_all=$(tcpdump -r "$LOGDIR/by.pcap" -n 2>/dev/null | grep -c . || true)
+  # (IP only: "dst host" would also match the ARP broadcasts asking for the cluster IP.)
+  by_ip=$(tcpdump -r "$LOGDIR/by.pcap" -n "ip dst host $CLUSTER_IP" 2>/dev/null | grep -c . || true)
+  by_mac=$(tcpdump -r "$LOGDIR/by.pcap" -n "ether dst $CLUSTER_MAC" 2>/dev/null | grep -c . || true)
+  case $MODE in
+    igmp)
+      if [ "$by_ip" != 0 ] || [ "$by_mac" != 0 ]; then
+        warn "FAIL: bystander: the port with mcast_flood off got $by_ip frames to $CLUSTER_IP" \
+          "and $by_mac to $CLUSTER_MAC (of $by_all)"
+        FAILED=1
+      else
+        say "bystander: the bridge port with mcast_flood off got none of the cluster's frames" \
+          "($by_all frames in all, broadcasts such as ARP). Why: the Linux bridge snoops" \
+          "IPv4 by destination IP; frames to $CLUSTER_IP (MAC $CLUSTER_MAC) match no group, so" \
+          "with a querier they go to multicast router ports only (the hosts' ports, mcast_router" \
+          "2); before the querier counts (its first query response interval) they flood to" \
+          "mcast_flood ports (not the bystander's);" \
+          "the group $IGMP_GROUP the hosts joined does not decide where they go"
+      fi
+      ;;
+    *)
+      if [ "$by_ip" = 0 ]; then
+        warn "FAIL: bystander: got no frame to $CLUSTER_IP, though the switch should flood the" \
+          "cluster MAC $CLUSTER_MAC to every port"
+        FAILED=1
+      else
+        say "bystander: the switch flooded $by_ip frames to $CLUSTER_IP ($by_mac to $CLUSTER_MAC)" \
+          "to the port with no cluster host too, as $MODE mode makes every switch do"
+      fi
+      ;;
+  esac
+}
+
+# igmp mode, from the captures: every appliance sent a report for the group at start, answered
+# the bridge's queries (seen by the bystander) with reports within 2 s while it ran, and sent
+# a leave when it stopped (SIGINT at the end of the run).
+check_igmp_frames() {
+  local i f queries res nr nl na nq bad=0
+  local -a per_host=()
+  queries=$(tcpdump -r "$LOGDIR/by.pcap" -n -tt 'igmp' 2>/dev/null | awk '/igmp query/ { print $1 }')
+  for i in $(lab_hosts); do
+    [ -n "${APP_PID[i]:-}" ] || continue
+    f="$LOGDIR/sw-a$i.pcap"
+    # "REPORTS LEAVES ANSWERED ASKED": queries between this host's first and last frame
+    # (minus 2 s) are asked; answered when a report follows within 2 s.
+    res=$(tcpdump -r "$f" -n -tt 2>/dev/null | awk -v q="$queries" -v g="$IGMP_GROUP" '
+      BEGIN { nq = split(q, qs, "\n") }
+      NR == 1 { first = $1 }
+      { last = $1 }
+      / igmp v[12] report / && $NF == g { rep[++nr] = $1 }
+      / igmp leave / && $NF == g { nl++ }
+      END {
+        for (k = 1; k <= nq; k++) {
+          if (qs[k] == "" || qs[k] < first || qs[k] > last - 2) continue
+          asked++
+          for (r = 1; r <= nr; r++) if (rep[r] >= qs[k] && rep[r] <= qs[k] + 2) { answered++; break }
+        }
+        printf "%d %d %d %d\n", nr, nl, answered, asked
+      }')
+    read -r nr nl na nq <<<"$res"
+    per_host+=("h$i $nr reports, answered $na/$nq queries, $nl leaves")
+    if [ "$nr" = 0 ]; then
+      warn "FAIL: igmp: h$i sent no membership report for $IGMP_GROUP"
+      bad=1
+    fi
+    if [ "$nq" -ge 2 ] && [ "$na" = 0 ]; then
+      warn "FAIL: igmp: h$i answered none of the $nq queries the bridge sent while it ran"
+      bad=1
+    fi
+    if [ "$nl" = 0 ]; then
+      warn "FAIL: igmp: h$i sent no leave for $IGMP_GROUP when it stopped (SIGINT)"
+      bad=1
+    fi
+  done
+  [ $bad = 0 ] || FAILED=1
+  say "igmp: from the captures: $(printf '%s; ' "${per_host[@]}" | sed 's/; $//')"
+}
+
+# igmp mode: the bridge learned from the appliances' reports that every running appliance's
+# port joined the group 239.255.c.d, and the bystander's did not.
+check_mdb() { # check_mdb WHEN
+  local mdb i missing=() joined=() deadline
+  deadline=$(($(now_ms) + 3000))
+  while :; do
+    mdb=$(ip netns exec "$NS_SW" bridge mdb show dev "$BRIDGE" 2>&1) || true
+    missing=() joined=()
+    for i in $(lab_hosts); do
+      if [ -z "${APP_PID[i]:-}" ] || [ "$i" = "$KILLED" ]; then continue; fi
+      if grep -qE "port $(if_sw "$i") grp $IGMP_GROUP( |$)" <<<"$mdb"; then
+        joined+=("$(if_sw "$i")")
+      else
+        missing+=("$(if_sw "$i")")
+      fi
+    done
+    if [ ${#missing[@]} = 0 ] || [ "$(now_ms)" -ge $deadline ]; then break; fi
+    sleep 0.2
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    warn "FAIL: mdb ($1): the bridge has no membership of $IGMP_GROUP on ${missing[*]}:"
+    awk '{ print "  | " $0 }' <<<"$mdb" >&2
+    FAILED=1
+  elif grep -qE "port $SW_BY_IF grp" <<<"$mdb"; then
+    warn "FAIL: mdb ($1): the bystander's port joined a group"
+    FAILED=1
+  else
+    say "mdb ($1): the bridge learned group $IGMP_GROUP on every appliance's port" \
+      "(${joined[*]}) from their IGMP reports, not on the bystander's"
+  fi
 }
 
 # How many buckets each appliance says it owns (its start-up log line).
@@ -641,7 +999,8 @@ check_switch() { # check_switch [before|after]
     grep -i "^$CLUSTER_MAC " <<<"$fdb" | sed 's/^/  | /' >&2
     bad=1
   fi
-  ports=$(ip netns exec "$NS_SW" bridge -d link show 2>&1 | grep -c 'flood off' || true)
+  # (" flood", not "mcast_flood": the bystander has mcast_flood off in igmp mode.)
+  ports=$(ip netns exec "$NS_SW" bridge -d link show 2>&1 | grep -cE '(^|[[:space:]])flood off' || true)
   if [ "$ports" != 0 ]; then
     warn "FAIL: $ports bridge port(s) do not flood unknown unicast (bridge -d link show in $NS_SW)"
     bad=1
@@ -651,8 +1010,27 @@ check_switch() { # check_switch [before|after]
     FAILED=1
     [ "${1:-after}" = after ] || exit 1
   elif [ "${1:-after}" = after ]; then
-    say "switch: the bridge learned $learned MACs (client, servers), not the cluster MAC" \
-      "$CLUSTER_MAC: it floods frames for the cluster IP to all $(lab_hosts | wc -l) hosts"
+    case $MODE in
+      unicast) say "switch: the bridge learned $learned MACs (the client's and the hosts' masked" \
+        "02:0I:c0:00:02:0a), not the cluster MAC $CLUSTER_MAC: it floods frames for the cluster IP to" \
+        "all $(lab_hosts | wc -l) hosts" ;;
+      multicast) say "switch: the bridge learned $learned MACs; the cluster MAC $CLUSTER_MAC is" \
+        "multicast: it floods frames for the cluster IP to every port (no snooping)" ;;
+      igmp) say "switch: the bridge learned $learned MACs; frames to the cluster MAC" \
+        "$CLUSTER_MAC go where IGMP snooping sends them" ;;
+    esac
+  fi
+  if [ "${1:-after}" = after ]; then
+    local entry
+    entry=$(neigh_entry)
+    if [ "${entry%% *}" != "$CLUSTER_MAC" ]; then
+      warn "FAIL: arp: the client's neighbour entry for $CLUSTER_IP is now '${entry:-none}'," \
+        "not $CLUSTER_MAC"
+      FAILED=1
+    else
+      say "arp: the client's neighbour entry for $CLUSTER_IP is still $CLUSTER_MAC" \
+        "(${entry#* }; $NEIGH_HOW)"
+    fi
   fi
 }
 
@@ -911,6 +1289,18 @@ first_event() { # first_event LOG ERE AFTER_MS
     fi
   done < <(log_events "$1" "$2")
   return 1
+}
+
+# Until LOG has a line matching the ERE logged at or after AFTER_MS (bounded by TIMEOUT_MS):
+# prints that line.
+wait_event() { # wait_event LOG ERE AFTER_MS TIMEOUT_MS
+  local deadline ev
+  deadline=$(($(now_ms) + $4))
+  until ev=$(first_event "$1" "$2" "$3"); do
+    [ "$(now_ms)" -lt $deadline ] || return 1
+    sleep 0.05
+  done
+  echo "${ev#*$'\t'}"
 }
 
 periods() { # periods MS: in heartbeat periods, one decimal
@@ -1697,10 +2087,340 @@ drain_phase() {
   fi
 }
 
+# ----------------------------------------------------------------------------------------
+# The remote control phase (heartbeats membership): the verbs over UDP to the cluster IP,
+# signed with the cluster key, from the client namespace; and a replayed command refused.
+# ----------------------------------------------------------------------------------------
+
+running_hosts() { # every host whose appliance runs now, one a line
+  local i
+  for i in $(lab_hosts); do
+    if [ -n "${APP_PID[i]:-}" ] && is_running "${APP_PID[i]}"; then echo "$i"; fi
+  done
+}
+
+# `wlbs VERB --remote TARGET` from the client namespace. Exit status: wlbs's.
+wlbs_remote() { # wlbs_remote VERB TARGET [ARGS...]
+  local verb=$1 target=$2
+  shift 2
+  ip netns exec "$NS_CLIENT" timeout 10 "$(wlbs_bin)" "$verb" --remote "$target" \
+    --cluster-ip "$CLUSTER_IP" --key-file "$(key_file)" "$@" 9>&-
+}
+
+# Until appliance I's state (wlbs query --socket --json) is one of the words (bounded).
+wait_state() { # wait_state I TIMEOUT_MS STATE...
+  local i=$1 deadline state
+  deadline=$(($(now_ms) + $2))
+  shift 2
+  while :; do
+    state=$(query_state "$i") || true
+    if [[ " $* " == *" $state "* ]]; then
+      echo "$state"
+      return 0
+    fi
+    if [ "$(now_ms)" -ge $deadline ]; then
+      echo "$state"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+remote_phase() {
+  local dir="$LOGDIR/remote" out rc i n bad=0 hosts want t0 state line
+  local -A got=()
+  mkdir -p "$dir"
+  mapfile -t hosts < <(running_hosts)
+  want=$(printf '%s\n' "${hosts[@]}" | set_of)
+
+  # Every host answers a query to the cluster, once; the command's datagram is captured
+  # on its way out (for the replay below).
+  spawn "$NS_CLIENT" "$dir/cap.log" tcpdump -i "$CLIENT_IF" -Q out -n -U -s 0 \
+    -w "$dir/command.pcap" "udp and dst host $CLUSTER_IP and dst port $REMOTE_PORT"
+  local cap=$!
+  t0=$(now_ms)
+  until grep -q 'listening on' "$dir/cap.log" 2>/dev/null; do
+    [ "$(now_ms)" -lt $((t0 + 5000)) ] || break
+    sleep 0.05
+  done
+  rc=0
+  out=$(wlbs_remote query cluster 2>&1) || rc=$?
+  sleep 0.2
+  kill -INT "$cap" 2>/dev/null || true
+  wait "$cap" 2>/dev/null || true
+  printf '%s\n' "$out" >"$dir/query.out"
+  while read -r line; do
+    [[ $line =~ ^host\ ([0-9]+):\  ]] || continue
+    n=${BASH_REMATCH[1]}
+    got[$n]=$((${got[$n]:-0} + 1))
+  done <<<"$out"
+  local answers=""
+  for n in $(printf '%s\n' "${!got[@]}" | sort -n); do answers+="${answers:+, }h$n ${got[$n]}"; done
+  say "remote: wlbs query --remote cluster from the client: exit $rc; answers: ${answers:-none}" \
+    "(running: $want)"
+  if [ "$rc" != 0 ]; then
+    warn "FAIL: remote: wlbs query --remote cluster exited with status $rc"
+    bad=1
+  fi
+  for i in "${hosts[@]}"; do
+    if [ "${got[$i]:-0}" != 1 ]; then
+      warn "FAIL: remote: host $i answered the query ${got[$i]:-0} times, not once"
+      bad=1
+    fi
+  done
+  for n in "${!got[@]}"; do
+    if ! printf '%s\n' "${hosts[@]}" | grep -qx "$n"; then
+      warn "FAIL: remote: an answer from host $n, which does not run"
+      bad=1
+    fi
+  done
+  [ $bad = 0 ] || sed 's/^/  | /' "$dir/query.out" >&2
+
+  # stop and start host 3 remotely; its own control socket tells its state.
+  local r=$REMOTE_HOST s_stop s_start
+  # (With fewer hosts: the last one that runs.)
+  printf '%s\n' "${hosts[@]}" | grep -qx "$r" || r=${hosts[-1]}
+  rc=0
+  out=$(wlbs_remote stop "cluster:$r" 2>&1) || rc=$?
+  s_stop=$(wait_state "$r" 3000 stopped) || true
+  say "remote: wlbs stop --remote cluster:$r: exit $rc: ${out//$'\n'/ }; h$r says '$s_stop'"
+  if [ "$rc" != 0 ] || [ "$s_stop" != stopped ] || [[ $out != *"host $r:"* ]]; then
+    warn "FAIL: remote: stop of host $r: exit $rc, its state '$s_stop' (expected 0, stopped," \
+      "an answer from host $r)"
+    bad=1
+  fi
+  rc=0
+  out=$(wlbs_remote start "cluster:$r" 2>&1) || rc=$?
+  s_start=$(wait_state "$r" 3000 converged converged_default) || true
+  say "remote: wlbs start --remote cluster:$r: exit $rc: ${out//$'\n'/ }; h$r says '$s_start'"
+  if [ "$rc" != 0 ] || [[ $s_start != converged* ]] || [[ $out != *"host $r:"* ]]; then
+    warn "FAIL: remote: start of host $r: exit $rc, its state '$s_start' (expected 0, converged," \
+      "an answer from host $r)"
+    bad=1
+  fi
+
+  # The replay: the query's datagram, byte for byte, sent again from the client namespace.
+  local replay replayed=0 sent_ms logs_ok=0 counted=0 stats
+  sent_ms=$(now_ms)
+  if ! replay=$(ip netns exec "$NS_CLIENT" python3 - "$dir/command.pcap" "$CLUSTER_IP" \
+    "$REMOTE_PORT" 2>&1 <<'PY'
+import socket, struct, sys
+pcap, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = open(pcap, "rb").read()
+endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+off, payload = 24, None
+while off + 16 <= len(data):
+    incl = struct.unpack(endian + "I", data[off + 8:off + 12])[0]
+    frame = data[off + 16:off + 16 + incl]
+    off += 16 + incl
+    if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+        ihl = (frame[14] & 15) * 4
+        payload = frame[14 + ihl + 8:]
+        break
+if payload is None:
+    sys.exit("no command datagram in the capture")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.5)
+s.sendto(payload, (ip, port))
+answers = 0
+try:
+    while True:
+        s.recvfrom(2048)
+        answers += 1
+except socket.timeout:
+    pass
+print(f"{len(payload)} {answers}")
+PY
+  ); then
+    warn "FAIL: remote: replay: ${replay//$'\n'/ }"
+    bad=1
+    replay="- -"
+  fi
+  read -r n replayed <<<"$replay"
+  sleep 0.2
+  for i in "${hosts[@]}"; do
+    if first_event "$LOGDIR/h$i.log" 'remote control command from .* refused: replayed' \
+      "$sent_ms" >/dev/null; then
+      logs_ok=$((logs_ok + 1))
+    else
+      warn "FAIL: remote: h$i did not log 'refused: replayed' after the replay"
+      bad=1
+    fi
+    stats=$(wlbs_ctl stats "$i" 2>/dev/null | grep -E '^wlbs_remote_commands_total\{result="replayed"\} ' || true)
+    if [[ ${stats##* } =~ ^[1-9] ]]; then counted=$((counted + 1)); fi
+  done
+  say "remote: replayed the query's datagram ($n bytes, captured in the client namespace):" \
+    "$replayed answers; 'refused: replayed' logged by $logs_ok of ${#hosts[@]} hosts," \
+    "counted (wlbs_remote_commands_total{result=\"replayed\"}) by $counted"
+  if [ "$replayed" != 0 ]; then
+    warn "FAIL: remote: the replayed command got $replayed answers"
+    bad=1
+  fi
+  if [ "$counted" != "${#hosts[@]}" ]; then
+    warn "FAIL: remote: only $counted of ${#hosts[@]} hosts count the replay in wlbs stats"
+    bad=1
+  fi
+  [ $bad = 0 ] || FAILED=1
+  TIMING+=("remote control: query answered once by each of hosts $want; stop/start of host $r: $s_stop, then $s_start; a replayed command: $replayed answers, refused by $logs_ok hosts")
+  [ $bad != 0 ] || PASS_EXTRA+="; remote control: every host answered, host $r stopped and started, a replay refused by all"
+}
+
+# ----------------------------------------------------------------------------------------
+# The reload phase (heartbeats membership): under short requests, a rule added on every host
+# (--reload change: the port-80 rule widened to 80-81), one host after the other, each with
+# wlbs reload or SIGHUP; every request answered exactly once (issue 6: "no packet lost or
+# double-accepted"). Then a broken configuration on one host: refused, nothing changes.
+# ----------------------------------------------------------------------------------------
+
+served_now() { # served_now ASSOC-NAME: each running host's server count of requests to /
+  local -n into=$1
+  local i out
+  into=()
+  for i in $(lab_hosts); do
+    [ -n "${APP_PID[i]:-}" ] || continue
+    if out=$(ip netns exec "$NS_CLIENT" curl -sS --fail --max-time "$CURL_MAX_TIME" \
+      "http://$(server_ip "$i")/count" 2>&1) && [[ $out =~ ^[0-9]+$ ]]; then
+      # shellcheck disable=SC2034,SC2004 # a nameref to the caller's associative array
+      into[$i]=$out
+    else
+      warn "FAIL: reload: could not fetch server s$i's count: ${out:0:80}"
+      return 1
+    fi
+  done
+}
+
+reload_phase() {
+  if [ "$RELOAD_KIND" = none ]; then
+    say "reload: skipped (--reload none)"
+    return
+  fi
+  local dir="$LOGDIR/reload" i rc out t_reload bad=0 how line applied=0 broken=$RELOAD_BROKEN_HOST
+  local -A before=() after=() by=()
+  mkdir -p "$dir"
+  served_now before || bad=1
+  start_short "$dir"
+  sleep "$PHASE_BEFORE"
+
+  t_reload=$(now_ms)
+  local what check_port
+  if [ "$RELOAD_KIND" = change ]; then
+    RULE_PORTS=$RELOAD_PORTS
+    what="the port rule changed: ports 80 -> $RELOAD_PORTS"
+    check_port=${RELOAD_PORTS##*-}
+  else
+    what="a rule added for port $RELOAD_ADD_PORT (the port-80 rule unchanged)"
+    check_port=$RELOAD_ADD_PORT
+  fi
+  say "reload: $what, on every host under short requests"
+  for i in $(running_hosts); do
+    if [ "$RELOAD_KIND" = change ]; then
+      sed -i "s/^ports = \"80\"$/ports = \"$RULE_PORTS\"/" "$LOGDIR/h$i.toml"
+    else
+      printf '\n# added by the reload phase\n%s\n' "$(port_rule "$RELOAD_ADD_PORT")" >>"$LOGDIR/h$i.toml"
+    fi
+    if ((i % 2)); then
+      how="wlbs reload"
+      rc=0
+      out=$(wlbs_ctl reload "$i" 2>&1) || rc=$?
+      if [ "$rc" != 0 ] || [[ $out != *"reload: applied"* ]]; then
+        warn "FAIL: reload: wlbs reload of h$i: exit $rc: ${out//$'\n'/ }"
+        bad=1
+      fi
+    else
+      how="SIGHUP"
+      kill -HUP "${APP_PID[i]}"
+    fi
+    if line=$(wait_event "$LOGDIR/h$i.log" 'reload: applied' "$t_reload" 3000); then
+      applied=$((applied + 1))
+      say "reload: h$i ($how): ${line#*reload: }"
+    else
+      warn "FAIL: reload: h$i ($how) did not log 'reload: applied'"
+      bad=1
+    fi
+  done
+  # The new rule is in force everywhere: the new port has a rule.
+  for i in $(running_hosts); do
+    if ! out=$(wlbs_ctl queryport "$i" "$check_port" 2>&1); then
+      warn "FAIL: reload: h$i: wlbs queryport $check_port after the reload: ${out//$'\n'/ }"
+      bad=1
+    fi
+  done
+  sleep "$RELOAD_AFTER"
+
+  # A broken configuration on one host: refused, nothing changes, it keeps serving.
+  cp "$LOGDIR/h$broken.toml" "$dir/h$broken.good.toml"
+  sed -i '0,/^affinity = "none".*/s//&\nload_weight = 500  # broken on purpose: 0..100/' \
+    "$LOGDIR/h$broken.toml"
+  local t_broken
+  t_broken=$(now_ms)
+  rc=0
+  out=$(wlbs_ctl reload "$broken" 2>&1) || rc=$?
+  cp "$dir/h$broken.good.toml" "$LOGDIR/h$broken.toml"
+  say "reload: a broken configuration on h$broken: wlbs reload exit $rc: ${out//$'\n'/ }" | cut -c1-400
+  if [ "$rc" != 1 ] || [[ $out != *"reload refused, nothing changed"* ]]; then
+    warn "FAIL: reload: the broken configuration on h$broken: exit $rc (expected 1 and" \
+      "'reload refused, nothing changed')"
+    bad=1
+  fi
+  if ! wait_event "$LOGDIR/h$broken.log" 'reload refused, nothing changed' "$t_broken" 2000 >/dev/null; then
+    warn "FAIL: reload: h$broken did not log 'reload refused, nothing changed'"
+    bad=1
+  fi
+  local s_broken
+  s_broken=$(query_state "$broken") || true
+  if [[ $s_broken != converged* ]] || ! wlbs_ctl queryport "$broken" "$check_port" >/dev/null 2>&1; then
+    warn "FAIL: reload: after the broken reload h$broken says '$s_broken' (expected converged)" \
+      "or no longer knows port $check_port"
+    bad=1
+  fi
+  sleep "$RELOAD_AFTER"
+  stop_short "$dir"
+  served_now after || bad=1
+
+  # Every request started in the phase answered, and each served exactly once.
+  local k start src rc2 text total=0 ok=0 failed=0 after_broken=0 by_broken=0 served=0
+  while IFS=$'\t' read -r k start src rc2 text; do
+    [ -n "$rc2" ] || continue
+    total=$((total + 1))
+    ((start < t_broken)) || after_broken=$((after_broken + 1))
+    if [ "$rc2" = 0 ] && [[ $text =~ ^host\ ([0-9]+)$ ]]; then
+      ok=$((ok + 1))
+      by[${BASH_REMATCH[1]}]=$((${by[${BASH_REMATCH[1]}]:-0} + 1))
+      [ "${BASH_REMATCH[1]}" != "$broken" ] || ((start < t_broken)) || by_broken=$((by_broken + 1))
+      continue
+    fi
+    failed=$((failed + 1))
+    warn "FAIL: reload: request $k from $src started $((start - t_reload)) ms after the first" \
+      "reload failed: ${text:0:100}"
+  done < <(sort -n "$dir/short.out")
+  local counts=""
+  for i in $(lab_hosts); do
+    [ -n "${APP_PID[i]:-}" ] || continue
+    local d=$((${after[$i]:-0} - ${before[$i]:-0}))
+    served=$((served + d))
+    counts+="${counts:+, }h$i ${by[$i]:-0}/$d"
+    if [ "$d" != "${by[$i]:-0}" ]; then
+      warn "FAIL: reload: h$i's server served $d requests in the phase, the client got ${by[$i]:-0} answers from it"
+      bad=1
+    fi
+  done
+  say "reload: the client sent $total short requests ($ok answered, $failed failed; answered/served" \
+    "per host: $counts); $after_broken started after the broken reload, $by_broken of them" \
+    "answered by h$broken, which says '$s_broken'"
+  [ "$failed" = 0 ] || bad=1
+  if [ "$applied" = 0 ] || [ "$after_broken" = 0 ]; then
+    warn "FAIL: reload: nothing checked (applied on $applied hosts, $after_broken requests after the broken reload)"
+    bad=1
+  fi
+  [ $bad = 0 ] || FAILED=1
+  TIMING+=("reload under load: $what, applied on $applied hosts; $ok/$total short requests answered, served $served; a broken config on h$broken refused (exit $rc)")
+  [ $bad != 0 ] || PASS_EXTRA+="; reload under load: $ok/$total answered, each served once; a broken config refused"
+}
+
 print_usage_up() {
   cat <<EOF
-lab: up: $HOSTS hosts share the cluster IP $CLUSTER_IP (cluster MAC $CLUSTER_MAC, pinned in the
-  client's neighbour table); each host is a wlbs appliance in front of its server.
+lab: up: $HOSTS hosts share the cluster IP $CLUSTER_IP ($MODE mode, cluster MAC $CLUSTER_MAC,
+  $NEIGH_HOW by the client); each host is a wlbs appliance in front of its server.
   the cluster: for n in \$(seq 10); do ip netns exec $NS_CLIENT curl -s http://$CLUSTER_IP/; done
   from another client address ($(client_ip 0) .. $(client_ip $((CLIENT_ADDRS - 1)))):
                ip netns exec $NS_CLIENT curl -s --interface $(client_ip 23) http://$CLUSTER_IP/
@@ -1711,7 +2431,9 @@ lab: up: $HOSTS hosts share the cluster IP $CLUSTER_IP (cluster MAC $CLUSTER_MAC
   appliance I: namespace wlbs-lab-aI, ports wlbs-aI-cl (cluster) / wlbs-aI-ho (host)
   server I:    namespace wlbs-lab-sI, wlbs-sI, address 192.0.2.(10+I), cluster IP on lo
   logs:        $LOGDIR (hI.log appliance, sI.log server, hI.toml config)
-  control:     $(wlbs_bin) query --socket $LOGDIR/hI.sock  (also drainstop, stop, start)
+  control:     $(wlbs_bin) query --socket $LOGDIR/hI.sock  (also drainstop, stop, start, reload)
+  remote:      ip netns exec $NS_CLIENT $(wlbs_bin) query --remote cluster --cluster-ip $CLUSTER_IP --key-file $(key_file)
+  bystander:   ip netns exec $NS_BY tcpdump -eni $BY_IF    (a bridge port with no host behind it)
   long conn.:  ip netns exec $NS_CLIENT curl -s http://$CLUSTER_IP/slow?ms=5000   (first line: the host)
   stop:        scripts/lab.sh down   (prints each appliance's summary line)
 EOF
@@ -1727,6 +2449,10 @@ main() {
       run | up | down) cmd=$1 ;;
       --hosts) HOSTS=${2:?--hosts needs a number}; shift ;;
       --membership) MEMBERSHIP=${2:?--membership needs heartbeats or static}; shift ;;
+      --mode) MODE=${2:?--mode needs unicast, multicast or igmp}; shift ;;
+      --mode=*) MODE=${1#*=} ;;
+      --reload) RELOAD_KIND=${2:?--reload needs add, change or none}; shift ;;
+      --reload=*) RELOAD_KIND=${1#*=} ;;
       --hosts=*) HOSTS=${1#*=} ;;
       --requests) REQUESTS=${2:?--requests needs a number}; shift ;;
       --requests=*) REQUESTS=${1#*=} ;;
@@ -1767,8 +2493,13 @@ main() {
 
   local t0 i
   t0=$(now_ms)
+  if [ "$MEMBERSHIP" != static ]; then
+    # The cluster key: signs heartbeats and remote control commands.
+    (umask 077 && head -c 32 /dev/urandom >"$(key_file)")
+  fi
   create_switch
   create_client
+  create_bystander
   # The join phase's spare host: namespaces and server now, its appliance in the phase.
   if [ "$cmd" = run ] && [ "$MEMBERSHIP" != static ] && [ "$HOSTS" -ge 2 ]; then
     JOINER=$((HOSTS + 1))
@@ -1778,9 +2509,11 @@ main() {
     "$(fmt_ms $(($(now_ms) - t0))); cluster IP $CLUSTER_IP, cluster MAC $CLUSTER_MAC"
 
   for i in $(lab_hosts); do start_server "$i"; done
+  [ "$cmd" = up ] || start_captures
   for ((i = 1; i <= HOSTS; i++)); do start_appliance "$i"; done
   say "started $HOSTS wlbs appliances ($MEMBERSHIP membership, lcores $(lcores)), logs in $LOGDIR"
   wait_ready
+  [ "$MODE" != igmp ] || check_mdb "at start"
 
   if [ "$cmd" = up ]; then
     check_switch after
@@ -1797,9 +2530,14 @@ main() {
     failover_phase
     join_phase
     drain_phase
+    remote_phase
+    reload_phase
   fi
   check_switch after
+  [ "$MODE" != igmp ] || check_mdb "at the end"
   stop_appliances
+  stop_captures
+  check_captures
   check_filter_counts
   summarize
   for i in "${TIMING[@]}"; do say "$i"; done
