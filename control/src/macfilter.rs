@@ -5,7 +5,7 @@
 //!   MAC is added as an extra unicast filter; else promiscuous mode. Each step is read back
 //!   (the port's MAC, or promiscuous mode on) before it counts.
 //! - multicast and igmp (`03-BF-...`, `01-00-5E-7F-...`): the cluster MAC goes in the port's
-//!   multicast list (or as an extra filter); else all-multicast.
+//!   multicast list (or as an extra filter); else all-multicast; else promiscuous mode.
 //!
 //! Every step a driver refuses is kept with its error, so the log can say why the fallback
 //! was needed; a fallback in unicast mode is KB Q193598's cause 3 (a NIC that cannot change
@@ -168,14 +168,23 @@ pub fn program(
                 Err(e) => refused.push((Method::MulticastFilter, e)),
             }
             match port.set_allmulticast(true) {
-                Ok(()) if port.allmulticast() => done(Method::AllMulticast, refused),
+                Ok(()) if port.allmulticast() => return done(Method::AllMulticast, refused),
+                Ok(()) => refused.push((
+                    Method::AllMulticast,
+                    "the driver accepted it but it reads back off".into(),
+                )),
+                Err(e) => refused.push((Method::AllMulticast, e)),
+            }
+            // Last: every frame (e.g. net_af_packet, which filters nothing per MAC).
+            match port.set_promiscuous(true) {
+                Ok(()) if port.promiscuous() => done(Method::Promiscuous, refused),
                 Ok(()) => Err(format!(
-                    "the cluster port cannot receive the cluster MAC {}: {}; all-multicast mode reads back off",
+                    "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode reads back off",
                     mac_string(cluster_mac),
                     reasons(&refused)
                 )),
                 Err(e) => Err(format!(
-                    "the cluster port cannot receive the cluster MAC {}: {}; all-multicast mode: {e}",
+                    "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode: {e}",
                     mac_string(cluster_mac),
                     reasons(&refused)
                 )),
@@ -353,6 +362,20 @@ mod tests {
             e.contains("promiscuous mode: rte_eth_promiscuous_enable"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn multicast_falls_back_to_promiscuous_when_even_all_multicast_is_refused() {
+        let mut d = Driver::new();
+        d.mc_list = false;
+        d.add_mac = false;
+        d.allmulti = false;
+        let p = program(&mut d, MacMode::Igmp, MULTICAST).unwrap();
+        assert_eq!(p.method, Method::Promiscuous);
+        assert_eq!(p.refused.len(), 3);
+        d.promisc = false;
+        d.promisc_on = false;
+        assert!(program(&mut d, MacMode::Igmp, MULTICAST).is_err());
     }
 
     #[test]

@@ -874,6 +874,10 @@ impl Membership {
                 if p == self.s.priority {
                     continue;
                 }
+                if self.peers[p as usize].refused.is_some() {
+                    // Refused, not failed: the refusal was reported already.
+                    continue;
+                }
                 let left = self.peers[p as usize]
                     .last
                     .as_ref()
