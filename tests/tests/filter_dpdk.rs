@@ -267,6 +267,7 @@ fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
     let forger = ClusterKey::new(b"not the cluster key at all......".to_vec()).unwrap();
     let ping = Ping {
         seq: 1,
+        next_config: 0,
         priority: 2,
         host_code: 99,
         dedicated_ip: Ipv4Addr::new(192, 0, 2, 12),

@@ -629,3 +629,60 @@ fn a_peer_with_other_port_rules_is_refused_and_the_others_keep_serving() {
         );
     }
 }
+
+#[test]
+fn a_rolling_reload_never_refuses_a_host_nor_moves_an_unchanged_rule() {
+    for seed in seeds(100) {
+        let mut rng = Rng::new(seed ^ 0x7e10ad);
+        let n = 2 + rng.below(4) as u8;
+        let modes = vec![Mode::Multiple, Mode::Multiple];
+        let mut sim = converged(seed, n, modes.clone());
+        let owners = |sim: &Sim| -> Vec<u64> {
+            (1..=n)
+                .map(|p| sim.hosts[&p].core.ownership()[0].owned)
+                .collect()
+        };
+        let before = owners(&sim);
+        // Host by host, a period or two apart: rule 0 stays, rule 1 changes (a new
+        // fingerprint), as a reload of every host's file does.
+        let mut order: Vec<u8> = (1..=n).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for p in order {
+            let now = sim.now;
+            let h = sim.hosts.get_mut(&p).unwrap();
+            let mut s = settings(p, 0, &modes);
+            s.config_fingerprint = 0xbeef;
+            h.core.reconfigure(s, &[Some(0), None], now);
+            sim.run(sim.now + (1 + rng.below(2)) * PERIOD, |s| {
+                s.assert_one_new_connection_taker(seed);
+                for (q, h) in &s.hosts {
+                    assert!(
+                        !h.events.iter().any(|e| matches!(
+                            e,
+                            Event::Outvoted { .. } | Event::PeerRefused { .. }
+                        )),
+                        "seed {seed}: host {q} refused or outvoted during a rolling reload: {:?}",
+                        h.events
+                    );
+                }
+                // Rule 0 never changes hands.
+                let now_owners: Vec<u64> = (1..=n)
+                    .map(|p| s.hosts[&p].core.ownership()[0].owned)
+                    .collect();
+                assert_eq!(
+                    now_owners, before,
+                    "seed {seed}: rule 0 moved during the reload"
+                );
+            });
+        }
+        sim.run(sim.now + CLEANUP + 20 * PERIOD, |_| {});
+        sim.assert_quiescent(seed);
+        for h in sim.hosts.values() {
+            assert!(h.events.contains(&Event::ConfigApplied));
+            assert!(!h.core.has_staged());
+        }
+        assert_eq!(owners(&sim), before, "seed {seed}: rule 0 moved");
+    }
+}

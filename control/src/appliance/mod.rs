@@ -35,7 +35,7 @@ use crate::ctl;
 use crate::diagnostics::Diagnostics;
 use crate::heartbeat;
 use crate::membership::wire;
-use crate::membership::{Event, Membership, Refusal};
+use crate::membership::{Event, Membership, Reconfigured, Refusal};
 use crate::neighbour::{Diagnostic, HostFrame, Neighbour};
 use crate::peers::Peers;
 use crate::reload;
@@ -538,8 +538,10 @@ pub fn run(
     if let Some(a) = stats_server.as_ref().and_then(|s| s.local_addr()) {
         info!("stats: Prometheus metrics at http://{a}/metrics");
     }
-    // The configuration in force (a reload replaces it).
+    // The configuration in force (a reload replaces it), and a reload staged until every
+    // member has it.
     let mut current = config.clone();
+    let mut staged_reload: Option<(Config, reload::Plan)> = None;
     let mut control_counts = ControlCounts::default();
     // Convergences and how long each took (from the first "converging" to "converged").
     let mut convergences = 0u64;
@@ -858,6 +860,18 @@ pub fn run(
             let request = pending.request.clone();
             let _ = pending.answer(&verbs::answer(request, membership.as_mut(), &facts, render));
         }
+        // The configuration the appliance adopts this tick: a reload applied at once, or a
+        // staged one the membership core has just switched to.
+        let mut adopt: Option<(Config, reload::Plan)> = None;
+        if staged_reload.is_some() && membership.as_ref().is_some_and(|m| !m.has_staged()) {
+            adopt = staged_reload.take();
+            if let Some((_, plan)) = &adopt {
+                info!(
+                    "reload: every member has the new configuration: applied: {}",
+                    plan.changes.join("; ")
+                );
+            }
+        }
         if reload_now {
             // A new configuration: valid and applicable, or nothing changes.
             let outcome = match Config::load(config_path)
@@ -866,55 +880,39 @@ pub fn run(
             {
                 Err(e) => Err(format!("reload refused, nothing changed: {e}")),
                 Ok((new, plan)) => {
-                    let new_view = ClusterView::from_config(&new);
-                    if let (Some(nv), Some(table)) = (new_view.as_ref(), published.as_ref()) {
-                        match membership.as_mut() {
-                            Some(m) => {
-                                m.reconfigure(nv.membership_settings(&new, 0), &plan.kept, now)
-                            }
-                            None => {
-                                generation += 1;
-                                let (t, _) = nv.table(&nv.static_members(&new), None, generation);
-                                table.store(Arc::new(t));
-                            }
-                        }
-                        // Republish with the new rules even if the ownership bits are equal.
-                        published_state = None;
-                        let new_shared = nv.shared_config(&new);
-                        rule_codes = new_shared.rule_codes();
-                        if let Some(p) = peers.as_mut() {
-                            p.set_ours(new_shared.clone());
-                        }
-                        shared = Some(new_shared);
-                        if let (Some(plan_mac), Some(c), Some(h)) =
-                            (mac_plan.as_mut(), new.cluster.as_ref(), new.host.as_ref())
-                        {
-                            plan_mac.neighbour.vips = c.vips.clone();
-                            plan_mac.neighbour.dedicated_ip = match h.dedicated_ip {
-                                Some(std::net::IpAddr::V4(a)) => Some(a),
-                                _ => None,
-                            };
-                            let n = Neighbour::new(plan_mac.neighbour.clone(), now);
-                            for frame in n.start_frames() {
-                                control_tx.send_bytes(
-                                    &pool,
-                                    Side::Cluster,
-                                    &control_channels[0],
-                                    &frame,
-                                );
-                            }
-                            neighbour = Some(n);
-                        }
-                        // The others hear the new configuration at once.
-                        identity_due_ms = now;
-                    }
-                    view = new_view;
-                    current = new;
-                    Ok(if plan.changes.is_empty() {
-                        "reload: the configuration is unchanged".to_string()
+                    let changes = if plan.changes.is_empty() {
+                        "the configuration is unchanged".to_string()
                     } else {
-                        format!("reload: applied: {}", plan.changes.join("; "))
-                    })
+                        plan.changes.join("; ")
+                    };
+                    let settings =
+                        ClusterView::from_config(&new).map(|nv| nv.membership_settings(&new, 0));
+                    match (membership.as_mut(), settings) {
+                        (Some(m), Some(settings)) => {
+                            match m.reconfigure(settings, &plan.kept, now) {
+                                Reconfigured::Applied => {
+                                    staged_reload = None;
+                                    adopt = Some((new, plan));
+                                    Ok(format!("reload: applied: {changes}"))
+                                }
+                                Reconfigured::Staged { waiting } => {
+                                    staged_reload = Some((new, plan));
+                                    Ok(format!(
+                                        "reload: staged: {changes}; it takes effect on every host when hosts {{{}}} have it too (reload them)",
+                                        waiting
+                                            .iter()
+                                            .map(|p| p.to_string())
+                                            .collect::<Vec<_>>()
+                                            .join(",")
+                                    ))
+                                }
+                            }
+                        }
+                        _ => {
+                            adopt = Some((new, plan));
+                            Ok(format!("reload: applied: {changes}"))
+                        }
+                    }
                 }
             };
             match &outcome {
@@ -927,6 +925,43 @@ pub fn run(
                     Err(line) => ctl::Response::refused(line.clone()),
                 });
             }
+        }
+        if let Some((new, _)) = adopt {
+            // The appliance follows: rules, VIPs, the filter table, ARP for new VIPs.
+            let new_view = ClusterView::from_config(&new);
+            if let (Some(nv), Some(table)) = (new_view.as_ref(), published.as_ref()) {
+                if membership.is_none() {
+                    generation += 1;
+                    let (t, _) = nv.table(&nv.static_members(&new), None, generation);
+                    table.store(Arc::new(t));
+                }
+                // Republish with the new rules even if the ownership bits are equal.
+                published_state = None;
+                let new_shared = nv.shared_config(&new);
+                rule_codes = new_shared.rule_codes();
+                if let Some(p) = peers.as_mut() {
+                    p.set_ours(new_shared.clone());
+                }
+                shared = Some(new_shared);
+                if let (Some(plan_mac), Some(c), Some(h)) =
+                    (mac_plan.as_mut(), new.cluster.as_ref(), new.host.as_ref())
+                {
+                    plan_mac.neighbour.vips = c.vips.clone();
+                    plan_mac.neighbour.dedicated_ip = match h.dedicated_ip {
+                        Some(std::net::IpAddr::V4(a)) => Some(a),
+                        _ => None,
+                    };
+                    let n = Neighbour::new(plan_mac.neighbour.clone(), now);
+                    for frame in n.start_frames() {
+                        control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], &frame);
+                    }
+                    neighbour = Some(n);
+                }
+                // The others hear the new configuration at once.
+                identity_due_ms = now;
+            }
+            view = new_view;
+            current = new;
         }
         let (Some(m), Some(view), Some(table)) =
             (membership.as_mut(), view.as_ref(), published.as_ref())
@@ -1017,6 +1052,11 @@ pub fn run(
                 }
                 Err(e) => warn!("identity heartbeat not sent: {e}"),
             }
+        }
+        if staged_reload.is_some() && !m.has_staged() {
+            // The core switched to the staged configuration this tick: the appliance follows
+            // at the start of the next one, before anything is published with it.
+            continue;
         }
         let ownership = m.ownership();
         let default_host = m.serves_default();
@@ -1180,6 +1220,7 @@ fn log_event(event: &Event, peers: &Peers) {
             "network partition: host {other_default} is a second default host (duplicate cluster subnets)"
         ),
         Event::DrainComplete => info!("drainstop complete: no connections left, host stopped"),
+        Event::ConfigApplied => info!("converging with the reloaded configuration"),
         Event::Outvoted { majority } => warn!(
             "this host's configuration differs from the one hosts {{{}}} share: it takes no traffic until its configuration matches theirs (NLB: inconsistent port rules); see the refusals above for the fields",
             majority

@@ -99,6 +99,8 @@ pub enum Event {
     Partition { other_default: u8 },
     /// Drainstop finished: no connections left, the host stopped.
     DrainComplete,
+    /// A reloaded configuration took effect (at once, or when every member had it).
+    ConfigApplied,
     /// This host's shared configuration differs from the one most live hosts run
     /// (`majority`): it takes no traffic until its configuration matches, so two
     /// configurations never serve the same buckets.
@@ -223,6 +225,19 @@ pub struct Membership {
     sent: u64,
     /// When the current target was computed.
     target_since_ms: u64,
+    /// A reloaded configuration waiting for every member to have it: settings and the kept
+    /// rule map.
+    staged: Option<(Settings, Vec<Option<usize>>)>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconfigured {
+    Applied,
+    /// Announced; it takes effect when these members have it too.
+    Staged {
+        waiting: Vec<u8>,
+    },
 }
 
 impl Membership {
@@ -249,6 +264,7 @@ impl Membership {
             rule_control: vec![RuleControl::Enabled; rules],
             sent: 1,
             target_since_ms: 0,
+            staged: None,
             s: settings,
         };
         m.peers[m.s.priority as usize].last_direct_ms = Some(now_ms);
@@ -404,13 +420,75 @@ impl Membership {
         *self = fresh;
     }
 
-    /// Applies a reloaded configuration of this host. `kept[r]` is the index, in the old
+    /// A reloaded configuration of this host. `kept[r]` is the index, in the old
     /// configuration, of new rule `r` when that rule did not change: its buckets keep their
     /// state (and the data plane keeps forwarding with them while the cluster converges
     /// again); a new or changed rule starts with nothing until the cluster agrees on it.
-    /// The host priority stays; peers see the new fingerprint and converge again (those not
-    /// reloaded yet are refused meanwhile, and the configuration most hosts run serves).
-    pub fn reconfigure(&mut self, settings: Settings, kept: &[Option<usize>], now_ms: u64) {
+    ///
+    /// Alone (or stopped), it applies at once. In a cluster it is staged: the heartbeats
+    /// announce it, the host keeps running the configuration it has, and every host switches
+    /// when every live member announces (or runs) the new one, so a rolling reload never
+    /// leaves two configurations serving, nor a host refused. `Event::ConfigApplied` says
+    /// when it took effect. A new reload replaces a staged one.
+    pub fn reconfigure(
+        &mut self,
+        settings: Settings,
+        kept: &[Option<usize>],
+        now_ms: u64,
+    ) -> Reconfigured {
+        let alone = members_of(self.view) == [self.s.priority];
+        if alone || self.is_stopped() || settings.config_fingerprint == self.s.config_fingerprint {
+            self.staged = None;
+            self.apply_config(settings, kept, now_ms);
+            self.events.push_back(Event::ConfigApplied);
+            return Reconfigured::Applied;
+        }
+        self.staged = Some((settings, kept.to_vec()));
+        // Tell the others at once.
+        self.next_ping_ms = now_ms;
+        self.recompute(now_ms);
+        if self.staged.is_none() {
+            return Reconfigured::Applied;
+        }
+        Reconfigured::Staged {
+            waiting: self.waiting_for_staged(),
+        }
+    }
+
+    /// Whether a reloaded configuration waits for the other members.
+    pub fn has_staged(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// The members that neither announce nor run the staged configuration yet.
+    pub fn waiting_for_staged(&self) -> Vec<u8> {
+        let Some((staged, _)) = &self.staged else {
+            return Vec::new();
+        };
+        let fp = staged.config_fingerprint;
+        members_of(self.view)
+            .into_iter()
+            .filter(|&p| p != self.s.priority)
+            .filter(|&p| {
+                !self.peers[p as usize]
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| l.config == fp || l.next_config == fp)
+            })
+            .collect()
+    }
+
+    /// The configurations this host belongs to: the one it runs, and the one it staged.
+    fn own_configs(&self) -> [u32; 2] {
+        [
+            self.s.config_fingerprint,
+            self.staged
+                .as_ref()
+                .map_or(self.s.config_fingerprint, |(s, _)| s.config_fingerprint),
+        ]
+    }
+
+    fn apply_config(&mut self, settings: Settings, kept: &[Option<usize>], now_ms: u64) {
         let old_buckets = std::mem::take(&mut self.buckets);
         let old_idle = std::mem::take(&mut self.idle_local);
         let rules = settings.modes.len();
@@ -559,7 +637,10 @@ impl Membership {
             peer.last = Some(ping.clone());
         }
         // Consistency checks: a conflicting peer stays out of the view.
-        let cause = if ping.config != self.s.config_fingerprint {
+        let ours = self.own_configs();
+        let compatible = ours.contains(&ping.config)
+            || (ping.next_config != 0 && ours.contains(&ping.next_config));
+        let cause = if !compatible {
             Some(Refusal::ConfigMismatch {
                 ours: self.s.config_fingerprint,
                 theirs: ping.config,
@@ -692,34 +773,43 @@ impl Membership {
     /// share the winning one. Groups by configuration fingerprint; the largest wins, a tie
     /// goes to the group with the lowest host priority (every host decides alike).
     fn config_majority(&self, now_ms: u64) -> Option<Vec<u8>> {
-        let mut groups: Vec<(u32, Vec<u8>)> =
-            vec![(self.s.config_fingerprint, vec![self.s.priority])];
+        // Each host belongs to the configuration it runs and to the one it staged (a reload
+        // on its way): a configuration's score is how many hosts belong to it.
+        let mut hosts: Vec<(u8, [u32; 2])> = vec![(self.s.priority, self.own_configs())];
         for p in 1..=MAX_PRIORITY {
             if p == self.s.priority || !self.alive(p, now_ms) {
                 continue;
             }
-            let Some(config) = self.peers[p as usize].last.as_ref().map(|l| l.config) else {
-                continue;
-            };
-            match groups.iter_mut().find(|(c, _)| *c == config) {
-                Some((_, hosts)) => hosts.push(p),
-                None => groups.push((config, vec![p])),
+            if let Some(l) = self.peers[p as usize].last.as_ref() {
+                let next = if l.next_config != 0 {
+                    l.next_config
+                } else {
+                    l.config
+                };
+                hosts.push((p, [l.config, next]));
             }
         }
-        let winner = groups
+        let members_of_config = |c: u32| -> Vec<u8> {
+            let mut m: Vec<u8> = hosts
+                .iter()
+                .filter(|(_, cs)| cs.contains(&c))
+                .map(|(p, _)| *p)
+                .collect();
+            m.sort_unstable();
+            m
+        };
+        let winner = hosts
             .iter()
-            .max_by_key(|(_, hosts)| {
+            .flat_map(|(_, cs)| cs.iter().copied())
+            .max_by_key(|&c| {
+                let m = members_of_config(c);
                 (
-                    hosts.len(),
-                    std::cmp::Reverse(hosts.iter().min().copied().unwrap_or(u8::MAX)),
+                    m.len(),
+                    std::cmp::Reverse(m.first().copied().unwrap_or(u8::MAX)),
                 )
             })
-            .expect("our own group is there");
-        (winner.0 != self.s.config_fingerprint).then(|| {
-            let mut hosts = winner.1.clone();
-            hosts.sort_unstable();
-            hosts
-        })
+            .expect("our own configuration is there");
+        (!self.own_configs().contains(&winner)).then(|| members_of_config(winner))
     }
 
     /// The members this host accepts now.
@@ -843,6 +933,12 @@ impl Membership {
 
     fn reevaluate(&mut self, now_ms: u64) {
         if self.is_stopped() {
+            return;
+        }
+        if self.staged.is_some() && self.waiting_for_staged().is_empty() {
+            let (settings, kept) = self.staged.take().expect("checked");
+            self.apply_config(settings, &kept, now_ms);
+            self.events.push_back(Event::ConfigApplied);
             return;
         }
         let outvoted = self.config_majority(now_ms);
@@ -1223,6 +1319,10 @@ impl Membership {
             priority: self.s.priority,
             host_code: self.s.host_code,
             seq: self.sent,
+            next_config: self
+                .staged
+                .as_ref()
+                .map_or(0, |(st, _)| st.config_fingerprint),
             dedicated_ip: self.s.dedicated_ip,
             config: self.s.config_fingerprint,
             view: self.view,

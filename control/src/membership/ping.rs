@@ -109,6 +109,8 @@ pub struct Ping {
     pub dedicated_ip: Ipv4Addr,
     /// Fingerprint of the cluster configuration the sender runs.
     pub config: u32,
+    /// Fingerprint of a reloaded configuration the sender staged (0: none).
+    pub next_config: u32,
     /// The members the sender accepts (bit p-1 for priority p).
     pub view: u32,
     /// Hosts the sender heard directly in its last two periods.

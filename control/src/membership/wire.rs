@@ -20,7 +20,8 @@
 //!   64..72  sequence number (u64, little-endian; with a cluster key)
 //!   72..104 HMAC-SHA256 tag (with a cluster key) over the 1496-byte payload, tag zeroed
 //!   104..112 heartbeat count of the sender (u64, little-endian): older ones are ignored
-//!   112..132 reserved
+//!   112..116 fingerprint of a staged (reloaded, not yet applied) configuration; 0: none
+//!   116..132 reserved
 //! ```
 //!
 //! With `[cluster] key_file` every heartbeat is signed; one with a missing or wrong tag, or
@@ -166,6 +167,7 @@ pub fn encode(
     tail[20..24].copy_from_slice(&ping.target.to_le_bytes());
     tail[24..28].copy_from_slice(&ping.config.to_le_bytes());
     tail[104..112].copy_from_slice(&ping.seq.to_le_bytes());
+    tail[112..116].copy_from_slice(&ping.next_config.to_le_bytes());
     for (i, h) in ping
         .handling_priorities
         .iter()
@@ -337,6 +339,7 @@ pub fn decode(
             priority: repr.host_priority,
             host_code: repr.unique_host_code,
             seq: u64::from_le_bytes(tail[104..112].try_into().expect("8 bytes")),
+            next_config: u32_at(112),
             dedicated_ip: repr.dedicated_ip,
             config: u32_at(24),
             view: u32_at(8),
@@ -377,6 +380,7 @@ mod tests {
     fn ping() -> Ping {
         Ping {
             seq: 42,
+            next_config: 0x1234,
             priority: 3,
             host_code: 0xdead_beef,
             dedicated_ip: Ipv4Addr::new(192, 0, 2, 13),
