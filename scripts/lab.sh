@@ -76,7 +76,8 @@
 #                          reload phase: under short requests, a rule added on every host
 #                          (--reload change: the port-80 rule widened to 80-81) and applied
 #                          with `wlbs reload` (odd hosts) or SIGHUP (even ones): each must log
-#                          "reload: applied" and know the new port (`wlbs queryport`); then a
+#                          "reload: applied" (staged until every host has it) and know the new
+#                          port (`wlbs queryport`); then a
 #                          broken configuration on host 1 must be refused ("reload refused,
 #                          nothing changed", exit 1); every request started in the phase must
 #                          be answered, and each server's count must equal the answers that
@@ -2322,7 +2323,7 @@ reload_phase() {
       how="wlbs reload"
       rc=0
       out=$(wlbs_ctl reload "$i" 2>&1) || rc=$?
-      if [ "$rc" != 0 ] || [[ $out != *"reload: applied"* ]]; then
+      if [ "$rc" != 0 ] || [[ $out != *"reload: applied"* && $out != *"reload: staged"* ]]; then
         warn "FAIL: reload: wlbs reload of h$i: exit $rc: ${out//$'\n'/ }"
         bad=1
       fi
@@ -2330,11 +2331,20 @@ reload_phase() {
       how="SIGHUP"
       kill -HUP "${APP_PID[i]}"
     fi
-    if line=$(wait_event "$LOGDIR/h$i.log" 'reload: applied' "$t_reload" 3000); then
-      applied=$((applied + 1))
+    # In a cluster the reload is staged until every host has it (then all apply together).
+    if line=$(wait_event "$LOGDIR/h$i.log" 'reload: (applied|staged)' "$t_reload" 3000); then
       say "reload: h$i ($how): ${line#*reload: }"
     else
-      warn "FAIL: reload: h$i ($how) did not log 'reload: applied'"
+      warn "FAIL: reload: h$i ($how) did not log 'reload: applied' or 'reload: staged'"
+      bad=1
+    fi
+  done
+  for i in $(running_hosts); do
+    if line=$(wait_event "$LOGDIR/h$i.log" 'reload: (applied|every member has the new configuration: applied)' "$t_reload" 3000); then
+      applied=$((applied + 1))
+      say "reload: h$i: ${line#*reload: }"
+    else
+      warn "FAIL: reload: h$i never applied the new configuration"
       bad=1
     fi
   done
