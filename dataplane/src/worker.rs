@@ -337,24 +337,7 @@ pub fn run(
             ),
         };
         if let Some(f) = filter.as_ref() {
-            // Control frames (heartbeats, ARP answers, frames passed on) to send through our
-            // TX queues.
-            for (ring, tx) in [
-                (&f.control.tx, &mut q.cluster_tx),
-                (&f.control.host_tx, &mut q.host_tx),
-            ] {
-                while !burst.is_full() {
-                    match ring.pop() {
-                        Some(m) => {
-                            let _ = burst.push(m);
-                        }
-                        None => break,
-                    }
-                }
-                if !burst.is_empty() {
-                    send(tx, &mut burst, &counters.control);
-                }
-            }
+            send_control_frames(f, &mut q, &mut burst, counters);
         }
         let outbound = match filter.as_ref() {
             None => forward(
@@ -387,6 +370,11 @@ pub fn run(
         }
         backoff.on_poll(inbound + outbound);
     }
+    // The control thread's last frames (an IGMP leave) may have been queued just before the
+    // stop, while this worker slept: send them before leaving.
+    if let Some(f) = filter.as_ref() {
+        send_control_frames(f, &mut q, &mut burst, counters);
+    }
     if let Ok(mut h) = published.lock() {
         h.reset();
         let _ = h.add(&cycles_per_packet);
@@ -397,6 +385,33 @@ pub fn run(
             .drain(|_| counters.count(&Decision::of(Verdict::Drop(Reason::FragmentTimeout))));
     }
     WorkerReport { cycles_per_packet }
+}
+
+/// Control frames (heartbeats, ARP answers, frames passed on) the control thread queued for
+/// this worker's TX queues.
+#[inline]
+fn send_control_frames(
+    f: &FilterWorker,
+    q: &mut WorkerQueues,
+    burst: &mut Burst,
+    counters: &WorkerCounters,
+) {
+    for (ring, tx) in [
+        (&f.control.tx, &mut q.cluster_tx),
+        (&f.control.host_tx, &mut q.host_tx),
+    ] {
+        while !burst.is_full() {
+            match ring.pop() {
+                Some(m) => {
+                    let _ = burst.push(m);
+                }
+                None => break,
+            }
+        }
+        if !burst.is_empty() {
+            send(tx, burst, &counters.control);
+        }
+    }
 }
 
 /// One burst from `rx` to `tx`, unchanged. Returns how many packets arrived.
