@@ -443,9 +443,14 @@ impl Neighbour {
     }
 
     fn leaks_cluster_mac(&self, source: EthernetAddress) -> bool {
-        self.config.mode == MacMode::Unicast
-            && self.config.mask_source_mac
-            && source == self.cluster_mac
+        self.watched_source() == Some(source)
+    }
+
+    /// The source MAC the data path must watch for (the cluster MAC, when seeing it as a
+    /// source is a leak: unicast mode with masking); `None`: nothing to watch.
+    pub fn watched_source(&self) -> Option<EthernetAddress> {
+        (self.config.mode == MacMode::Unicast && self.config.mask_source_mac)
+            .then_some(self.cluster_mac)
     }
 
     /// A frame seen on the cluster port: answers ARP requests and neighbour solicitations for

@@ -163,8 +163,9 @@ impl ControlChannel {
 /// What the cluster MAC mode asks of the data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MacPolicy {
-    /// The cluster MAC: a frame from the wire with it as source is a leak.
-    pub cluster_mac: [u8; 6],
+    /// A source MAC that must never be seen on the wire (the cluster MAC in unicast mode with
+    /// masking): frames with it are counted as leaks. `None`: nothing to watch.
+    pub leak_watch: Option<[u8; 6]>,
     /// Unicast mode with masking: the source every frame leaving the cluster port carries
     /// (02-<priority>-<cluster IP>).
     pub masked_source: Option<[u8; 6]>,
@@ -539,13 +540,15 @@ fn filter_inbound(
         let reject: Cell<Reject> = Cell::new(Reject::Drop);
         let filter = &mut f.filter;
         let control = &f.control;
-        let cluster_mac = f.mac.cluster_mac;
+        let leak_watch = f.mac.leak_watch;
         let remote = f.mac.remote_control;
         let mut tally = Tally::default();
         burst.retain_or(
             |m| {
-                if m.data().get(6..12) == Some(&cluster_mac[..]) {
-                    note_leak(control, m.data());
+                if let Some(mac) = &leak_watch {
+                    if m.data().get(6..12) == Some(&mac[..]) {
+                        note_leak(control, m.data());
+                    }
                 }
                 if is_control_frame(m.data())
                     || remote.is_some_and(|(ip, port)| is_udp_to(m.data(), ip, port))

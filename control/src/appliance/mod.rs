@@ -442,6 +442,9 @@ pub fn run(
     let mut filter_counters: Vec<Arc<FilterCounters>> = Vec::new();
     let mut connection_counts: Vec<Arc<ConnectionCounts>> = Vec::new();
     let mut control_channels: Vec<Arc<ControlChannel>> = Vec::new();
+    let mut neighbour = mac_plan
+        .as_ref()
+        .map(|p| Neighbour::new(p.neighbour.clone(), now_ms()));
     let mut filters: Vec<Option<FilterWorker>> = (0..dp.workers)
         .map(|i| {
             published.as_ref().map(|table| {
@@ -464,7 +467,10 @@ pub fn run(
                     last_sweep_ms: 0,
                     control,
                     mac: MacPolicy {
-                        cluster_mac: plan.cluster_mac.0,
+                        leak_watch: neighbour
+                            .as_ref()
+                            .and_then(|n| n.watched_source())
+                            .map(|m| m.0),
                         masked_source: plan.masked_source.map(|m| m.0),
                         remote_control: remote_control_addr,
                     },
@@ -561,9 +567,6 @@ pub fn run(
         .as_ref()
         .map(|p| p.heartbeat_destination)
         .unwrap_or(EthernetAddress::BROADCAST);
-    let mut neighbour = mac_plan
-        .as_ref()
-        .map(|p| Neighbour::new(p.neighbour.clone(), now_ms()));
     let mut leaks_seen = 0u64;
     let mut control_tx = ControlTx {
         cluster: control.cluster_tx,
@@ -725,22 +728,20 @@ pub fn run(
                 }
             }
             // Frames seen with the cluster MAC as their source (counted by the workers).
-            if plan.masked_source.is_some() {
+            if let Some(mut d) = n.check_source(plan.cluster_mac) {
                 let leaks: u64 = control_channels
                     .iter()
                     .map(|c| c.cluster_mac_leaks.load(Ordering::Relaxed))
                     .sum();
                 if leaks > leaks_seen {
                     leaks_seen = leaks;
-                    let sender = control_channels
-                        .iter()
-                        .map(|c| c.last_leak_sender.load(Ordering::Relaxed) as u32)
-                        .find(|&ip| ip != 0)
-                        .map(|ip| std::net::IpAddr::V4(ip.into()));
-                    let d = Diagnostic::ClusterMacLeaked {
-                        mac: plan.cluster_mac,
-                        sender_ip: sender,
-                    };
+                    if let Diagnostic::ClusterMacLeaked { sender_ip, .. } = &mut d {
+                        *sender_ip = control_channels
+                            .iter()
+                            .map(|c| c.last_leak_sender.load(Ordering::Relaxed) as u32)
+                            .find(|&ip| ip != 0)
+                            .map(|ip| std::net::IpAddr::V4(ip.into()));
+                    }
                     if diagnostics.report(&d, now) {
                         warn!("{d} ({leaks} such frame(s) so far)");
                     }
@@ -1075,13 +1076,9 @@ pub fn run(
     }
 
     if let Some(n) = neighbour.as_ref() {
-        let leave = n.stop_frames();
-        for frame in &leave {
+        // Worker 0 sends what is queued for it before it stops.
+        for frame in &n.stop_frames() {
             control_tx.send_bytes(&pool, Side::Cluster, &control_channels[0], frame);
-        }
-        if !leave.is_empty() {
-            // Worker 0 may be the one to send them.
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
     worker_stop.store(true, Ordering::SeqCst);
