@@ -29,6 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use wlbs_dataplane::filter::{Affinity, FilterSpec, Mode, PortRule, Protocol, RuleVip};
 use wlbs_dataplane::wire::EthernetAddress;
 
+use crate::fnv::Fnv;
 use crate::macs::MacMode;
 
 const CLUSTER_TLV_LEN: usize = 16;
@@ -170,9 +171,12 @@ impl SharedConfig {
 
     /// Fingerprint of everything peers must share (the heartbeat's config fingerprint).
     pub fn fingerprint(&self) -> u32 {
-        self.to_tlvs().iter().fold(FNV_OFFSET, |h, (kind, value)| {
-            fnv_extend(fnv_extend(h, &[*kind, value.len() as u8]), value)
-        })
+        let mut h = Fnv::new();
+        for (kind, value) in self.to_tlvs() {
+            h.bytes(&[kind, value.len() as u8]);
+            h.bytes(&value);
+        }
+        h.finish()
     }
 
     /// Per-rule fingerprints (the heartbeat's rule codes): any field of a rule changes its code.
@@ -180,7 +184,11 @@ impl SharedConfig {
         self.rules
             .iter()
             .enumerate()
-            .map(|(i, r)| fnv_extend(FNV_OFFSET, &rule_bytes(i, r)))
+            .map(|(i, r)| {
+                let mut h = Fnv::new();
+                h.bytes(&rule_bytes(i, r));
+                h.finish()
+            })
             .collect()
     }
 
@@ -225,18 +233,14 @@ impl SharedConfig {
             field(rule("ports"), ports(a), ports(b));
             field(
                 rule("protocol"),
-                protocol_name(a.protocol).into(),
-                protocol_name(b.protocol).into(),
+                a.protocol.name().into(),
+                b.protocol.name().into(),
             );
-            field(
-                rule("mode"),
-                mode_name(a.mode).into(),
-                mode_name(b.mode).into(),
-            );
+            field(rule("mode"), a.mode.name().into(), b.mode.name().into());
             field(
                 rule("affinity"),
-                affinity_name(a.affinity).into(),
-                affinity_name(b.affinity).into(),
+                a.affinity.name().into(),
+                b.affinity.name().into(),
             );
         }
         out
@@ -294,15 +298,6 @@ pub fn describe(differences: &[Difference]) -> String {
         out.push_str(diagnosis);
     }
     out
-}
-
-const FNV_OFFSET: u32 = 0x811c_9dc5;
-
-/// FNV-1a (stable across hosts and builds).
-fn fnv_extend(h: u32, bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .fold(h, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
@@ -416,31 +411,6 @@ fn vip_name(v: RuleVip) -> String {
 
 fn ports(r: &PortRule) -> String {
     format!("{}-{}", r.first_port, r.last_port)
-}
-
-/// The configuration file's words for the protocol, mode and affinity.
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Both => "both",
-    }
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Multiple => "multiple",
-        Mode::Single => "single",
-        Mode::Disabled => "disabled",
-    }
-}
-
-fn affinity_name(a: Affinity) -> &'static str {
-    match a {
-        Affinity::None => "none",
-        Affinity::Single => "single",
-        Affinity::Network => "network",
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod consistency;
 pub mod ctl;
 pub mod diagnostics;
+mod fnv;
 pub mod heartbeat;
 pub mod macfilter;
 pub mod macs;

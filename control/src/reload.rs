@@ -197,28 +197,22 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, String> {
 
 /// "ports 8080, tcp, vip all, disabled" in the configuration's words.
 fn describe_rule(r: &crate::config::PortRuleConfig) -> String {
-    use wlbs_dataplane::filter::{Mode, Protocol, RuleVip};
+    use wlbs_dataplane::filter::RuleVip;
     let rule = r.to_rule();
     let ports = if rule.first_port == rule.last_port {
         rule.first_port.to_string()
     } else {
         format!("{}-{}", rule.first_port, rule.last_port)
     };
-    let protocol = match rule.protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Both => "both",
-    };
     let vip = match rule.vip {
         RuleVip::All => "all".to_string(),
         RuleVip::Addr(a) => a.to_string(),
     };
-    let mode = match rule.mode {
-        Mode::Multiple => "multiple",
-        Mode::Single => "single",
-        Mode::Disabled => "disabled",
-    };
-    format!("ports {ports}, {protocol}, vip {vip}, {mode}")
+    format!(
+        "ports {ports}, {}, vip {vip}, {}",
+        rule.protocol.name(),
+        rule.mode.name()
+    )
 }
 
 #[cfg(test)]

@@ -526,7 +526,7 @@ pub fn params_text(c: &Config) -> String {
     for (i, r) in c.effective_port_rules().iter().enumerate() {
         let rule = r.to_rule();
         out.push_str(&format!(
-            "[[port_rule]] {}: vip {}, ports {}-{}, protocol {:?}, mode {:?}, affinity {:?}, load_weight {}, handling_priority {}\n",
+            "[[port_rule]] {}: vip {}, ports {}-{}, protocol {}, mode {}, affinity {}, load_weight {}, handling_priority {}\n",
             i + 1,
             match rule.vip {
                 RuleVip::All => "all".to_string(),
@@ -534,9 +534,9 @@ pub fn params_text(c: &Config) -> String {
             },
             rule.first_port,
             rule.last_port,
-            rule.protocol,
-            rule.mode,
-            rule.affinity,
+            rule.protocol.name(),
+            rule.mode.name(),
+            rule.affinity.name(),
             r.weight(),
             r.handling_priority.map_or("-".to_string(), |h| h.to_string()),
         ));

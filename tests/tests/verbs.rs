@@ -186,7 +186,9 @@ fn port_rules_are_drained_disabled_enabled_and_queried_and_suspend_holds_off_sta
     assert!(params.contains("[cluster] ip 192.0.2.10"), "{params}");
     assert!(params.contains("heartbeat_period_ms 100"), "{params}");
     assert!(
-        params.contains("[[port_rule]] 1: vip all, ports 80-80, protocol Tcp"),
+        params.contains(
+            "[[port_rule]] 1: vip all, ports 80-80, protocol tcp, mode multiple, affinity single"
+        ),
         "{params}"
     );
     let (code, display, _) = app.verb("display", &[]);

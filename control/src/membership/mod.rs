@@ -45,6 +45,7 @@ use wlbs_dataplane::filter::table::RuleOwnership;
 use wlbs_dataplane::filter::{Mode, BUCKETS};
 
 use crate::assignment::{self, Assignment, Member, NOBODY};
+use crate::fnv::Fnv;
 
 /// Highest host priority.
 pub const MAX_PRIORITY: u8 = 32;
@@ -1360,25 +1361,4 @@ fn digest_of(a: &Assignment) -> u32 {
     h.u8(a.default_host.unwrap_or(0));
     // 0 means "no target" in heartbeats.
     h.finish().max(1)
-}
-
-/// FNV-1a: a stable digest for agreement checks (not security).
-struct Fnv(u32);
-
-impl Fnv {
-    fn new() -> Fnv {
-        Fnv(0x811c_9dc5)
-    }
-    fn u8(&mut self, b: u8) {
-        self.0 = (self.0 ^ b as u32).wrapping_mul(0x0100_0193);
-    }
-    fn u32(&mut self, v: u32) {
-        v.to_le_bytes().iter().for_each(|&b| self.u8(b));
-    }
-    fn bytes(&mut self, bs: &[u8]) {
-        bs.iter().for_each(|&b| self.u8(b));
-    }
-    fn finish(&self) -> u32 {
-        self.0
-    }
 }

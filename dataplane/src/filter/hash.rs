@@ -39,6 +39,15 @@ pub enum Affinity {
 }
 
 impl Affinity {
+    /// The configuration's word: `none`, `single`, `network`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Affinity::None => "none",
+            Affinity::Single => "single",
+            Affinity::Network => "network",
+        }
+    }
+
     fn kind(self) -> u64 {
         match self {
             Affinity::None => 1,

@@ -28,6 +28,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The configuration's word: `tcp`, `udp`, `both`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Both => "both",
+        }
+    }
+
     pub fn covers_tcp(self) -> bool {
         matches!(self, Protocol::Tcp | Protocol::Both)
     }
@@ -50,6 +59,17 @@ pub enum Mode {
     Single,
     /// Dropped by every host (a firewall rule).
     Disabled,
+}
+
+impl Mode {
+    /// The configuration's word: `multiple`, `single`, `disabled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Multiple => "multiple",
+            Mode::Single => "single",
+            Mode::Disabled => "disabled",
+        }
+    }
 }
 
 /// Which virtual IP a port rule applies to.
