@@ -122,72 +122,60 @@ pub fn program(
     mode: MacMode,
     cluster_mac: [u8; 6],
 ) -> Result<Programmed, String> {
-    let mut refused = Vec::new();
-    let done = |method, refused| {
-        Ok(Programmed {
-            mode,
-            cluster_mac,
-            method,
-            refused,
-        })
+    // The better ways first; promiscuous mode (every frame) is the last resort in both.
+    let ways: &[Method] = match mode {
+        MacMode::Unicast => &[Method::PortMac, Method::UnicastFilter, Method::Promiscuous],
+        MacMode::Multicast | MacMode::Igmp => &[
+            Method::MulticastList,
+            Method::MulticastFilter,
+            Method::AllMulticast,
+            Method::Promiscuous,
+        ],
     };
-    match mode {
-        MacMode::Unicast => {
-            match port
-                .set_mac(cluster_mac)
-                .and_then(|()| read_back(port, cluster_mac))
-            {
-                Ok(()) => return done(Method::PortMac, refused),
-                Err(e) => refused.push((Method::PortMac, e)),
+    let mut refused = Vec::new();
+    for &method in ways {
+        match try_way(port, method, cluster_mac) {
+            Ok(()) => {
+                return Ok(Programmed {
+                    mode,
+                    cluster_mac,
+                    method,
+                    refused,
+                })
             }
-            match port.add_mac(cluster_mac) {
-                Ok(()) => return done(Method::UnicastFilter, refused),
-                Err(e) => refused.push((Method::UnicastFilter, e)),
-            }
-            match port.set_promiscuous(true) {
-                Ok(()) if port.promiscuous() => done(Method::Promiscuous, refused),
-                Ok(()) => Err(format!(
-                    "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode reads back off",
-                    mac_string(cluster_mac),
-                    reasons(&refused)
-                )),
-                Err(e) => Err(format!(
-                    "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode: {e}",
-                    mac_string(cluster_mac),
-                    reasons(&refused)
-                )),
+            Err(e) => refused.push((method, e)),
+        }
+    }
+    // Every way refused: the fallback's own failure last ("...; promiscuous mode: ...").
+    let (_, last) = refused.pop().expect("at least one way is tried");
+    Err(format!(
+        "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode: {last}",
+        mac_string(cluster_mac),
+        reasons(&refused)
+    ))
+}
+
+/// One way of receiving `mac`, checked by reading the port back where it can be.
+fn try_way(port: &mut impl MacPort, method: Method, mac: [u8; 6]) -> Result<(), String> {
+    let off = || Err("the driver accepted it but it reads back off".to_string());
+    match method {
+        Method::PortMac => port.set_mac(mac).and_then(|()| read_back(port, mac)),
+        Method::UnicastFilter | Method::MulticastFilter => port.add_mac(mac),
+        Method::MulticastList => port.set_multicast_list(&[mac]),
+        Method::AllMulticast => {
+            port.set_allmulticast(true)?;
+            if port.allmulticast() {
+                Ok(())
+            } else {
+                off()
             }
         }
-        MacMode::Multicast | MacMode::Igmp => {
-            match port.set_multicast_list(&[cluster_mac]) {
-                Ok(()) => return done(Method::MulticastList, refused),
-                Err(e) => refused.push((Method::MulticastList, e)),
-            }
-            match port.add_mac(cluster_mac) {
-                Ok(()) => return done(Method::MulticastFilter, refused),
-                Err(e) => refused.push((Method::MulticastFilter, e)),
-            }
-            match port.set_allmulticast(true) {
-                Ok(()) if port.allmulticast() => return done(Method::AllMulticast, refused),
-                Ok(()) => refused.push((
-                    Method::AllMulticast,
-                    "the driver accepted it but it reads back off".into(),
-                )),
-                Err(e) => refused.push((Method::AllMulticast, e)),
-            }
-            // Last: every frame (e.g. net_af_packet, which filters nothing per MAC).
-            match port.set_promiscuous(true) {
-                Ok(()) if port.promiscuous() => done(Method::Promiscuous, refused),
-                Ok(()) => Err(format!(
-                    "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode reads back off",
-                    mac_string(cluster_mac),
-                    reasons(&refused)
-                )),
-                Err(e) => Err(format!(
-                    "the cluster port cannot receive the cluster MAC {}: {}; promiscuous mode: {e}",
-                    mac_string(cluster_mac),
-                    reasons(&refused)
-                )),
+        Method::Promiscuous => {
+            port.set_promiscuous(true)?;
+            if port.promiscuous() {
+                Ok(())
+            } else {
+                off()
             }
         }
     }

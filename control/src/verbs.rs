@@ -45,7 +45,8 @@ pub fn answer(
 ) -> Response {
     match &request {
         Request::Stats => return Response::ok(metrics(), serde_json::Value::Null),
-        Request::Reload => unreachable!("the appliance reloads itself"),
+        // The control loop reloads itself (it owns the configuration); nothing to do here.
+        Request::Reload => return Response::refused("reload is carried out by the control loop"),
         Request::Params => return Response::ok(params_text(facts.config), serde_json::Value::Null),
         Request::Display => {
             let mut q = answer(Request::Query, membership, facts, metrics);

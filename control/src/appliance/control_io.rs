@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use dpdk::{Burst, Mempool, TxQueue};
 use tracing::{debug, warn};
-use wlbs_dataplane::wire::EthernetAddress;
+use wlbs_dataplane::wire::{ethernet, ipv4, udp, EtherType, EthernetAddress, IpProtocol};
 use wlbs_dataplane::worker::ControlChannel;
 
 use crate::heartbeat;
@@ -106,15 +106,14 @@ pub(super) struct RemoteDatagram {
 impl RemoteDatagram {
     /// An untagged IPv4/UDP frame (`worker::is_udp_to` checked the rest).
     pub(super) fn parse(frame: &[u8]) -> Option<RemoteDatagram> {
-        let ihl = (*frame.get(14)? & 0x0f) as usize * 4;
-        let total = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]) as usize;
-        let udp = frame.get(14 + ihl..14 + total.max(ihl))?;
-        let len = u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]) as usize;
+        let eth = ethernet::Frame::new_checked(frame).ok()?;
+        let ip = ipv4::Packet::new_checked(eth.payload()).ok()?;
+        let udp = udp::Packet::new_checked(ip.payload()).ok()?;
         Some(RemoteDatagram {
-            src_mac: frame.get(6..12)?.try_into().ok()?,
-            src_ip: Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
-            src_port: u16::from_be_bytes([udp[0], udp[1]]),
-            payload: udp.get(8..len.max(8))?.to_vec(),
+            src_mac: eth.src_addr().0,
+            src_ip: ip.src_addr(),
+            src_port: udp.src_port(),
+            payload: udp.payload().to_vec(),
         })
     }
 
@@ -126,34 +125,44 @@ impl RemoteDatagram {
         port: u16,
         payload: &[u8],
     ) -> Vec<u8> {
-        let udp_len = 8 + payload.len();
-        let total = 20 + udp_len;
-        let mut f = Vec::with_capacity(14 + total);
-        f.extend_from_slice(&self.src_mac);
-        f.extend_from_slice(&src_mac.0);
-        f.extend_from_slice(&[0x08, 0x00]);
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[6] = 0x40; // don't fragment
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&cluster_ip.octets());
-        ip[16..20].copy_from_slice(&self.src_ip.octets());
-        let sum = !wlbs_dataplane::wire::checksum::data(&ip);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&port.to_be_bytes());
-        f.extend_from_slice(&self.src_port.to_be_bytes());
-        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        f.extend_from_slice(&[0, 0]); // no UDP checksum (optional over IPv4)
-        f.extend_from_slice(payload);
-        if f.len() < 60 {
-            f.resize(60, 0);
+        let datagram = udp::Repr {
+            src_port: port,
+            dst_port: self.src_port,
+            payload,
+        };
+        let ip = ipv4::Repr {
+            src_addr: cluster_ip,
+            dst_addr: self.src_ip,
+            protocol: IpProtocol::UDP,
+            payload_len: datagram.buffer_len(),
+            ttl: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 0,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        };
+        let len = ethernet::HEADER_LEN + ip.buffer_len();
+        let mut f = vec![0u8; len.max(MIN_FRAME_LEN)];
+        ethernet::Repr {
+            src_addr: src_mac,
+            dst_addr: EthernetAddress(self.src_mac),
+            ethertype: EtherType::IPV4,
         }
+        .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+        let mut packet = ipv4::Packet::new_unchecked(&mut f[ethernet::HEADER_LEN..len]);
+        ip.emit(&mut packet);
+        datagram.emit(
+            &mut udp::Packet::new_unchecked(packet.payload_mut()),
+            &ip.pseudo_header(),
+        );
         f
     }
 }
+
+/// Shortest Ethernet frame without FCS: shorter answers are padded.
+const MIN_FRAME_LEN: usize = 60;
 
 /// Which port a control frame leaves on.
 #[derive(Clone, Copy)]
