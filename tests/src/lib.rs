@@ -316,6 +316,36 @@ pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], seq: u32, payload_len: usiz
     f
 }
 
+/// Two `net_pcap` ports for an appliance in `dir`: the cluster port (`net_pcap0`) replays
+/// `cluster_in` (over and over with `replay_forever`: a busy appliance) and writes
+/// `cluster-out.pcap`; the host port (`net_pcap1`) replays `host_in` and writes
+/// `host-out.pcap`. Returns the EAL arguments.
+pub fn pcap_ports(
+    dir: &Path,
+    cluster_in: &[Vec<u8>],
+    host_in: &[Vec<u8>],
+    replay_forever: bool,
+) -> Vec<String> {
+    let p = |n: &str| dir.join(n).display().to_string();
+    write_pcap(&dir.join("cluster-in.pcap"), cluster_in);
+    write_pcap(&dir.join("host-in.pcap"), host_in);
+    vec![
+        "--vdev".to_string(),
+        format!(
+            "net_pcap0,rx_pcap={},tx_pcap={}{}",
+            p("cluster-in.pcap"),
+            p("cluster-out.pcap"),
+            if replay_forever { ",infinite_rx=1" } else { "" }
+        ),
+        "--vdev".to_string(),
+        format!(
+            "net_pcap1,rx_pcap={},tx_pcap={}",
+            p("host-in.pcap"),
+            p("host-out.pcap")
+        ),
+    ]
+}
+
 /// Writes `frames` as a pcap file, one microsecond apart (what net_pcap's `rx_pcap` replays).
 pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     use wlbs_control::pcap::{self, Record};

@@ -98,23 +98,7 @@ struct Run {
 /// runs for `ms`, answers a `query --json`, and stops on SIGINT.
 fn run(name: &str, config: &str, cluster_in: &[Vec<u8>], host_in: &[Vec<u8>], ms: u64) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    wlbs_tests::write_pcap(&dir.path().join("cluster-in.pcap"), cluster_in);
-    wlbs_tests::write_pcap(&dir.path().join("host-in.pcap"), host_in);
-    let eal = vec![
-        "--vdev".to_string(),
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={}",
-            p("cluster-in.pcap"),
-            p("cluster-out.pcap")
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("host-in.pcap"),
-            p("host-out.pcap")
-        ),
-    ];
+    let eal = wlbs_tests::pcap_ports(dir.path(), cluster_in, host_in, false);
     let mut app = Appliance::start(name, config, &eal);
     assert!(
         app.wait_for("forwarding:", Duration::from_secs(30)),

@@ -69,23 +69,7 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
 #[test]
 fn reload_under_traffic_changes_rules_without_dropping_the_unchanged_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    wlbs_tests::write_pcap(&dir.path().join("in.pcap"), &traffic());
-    wlbs_tests::write_pcap(&dir.path().join("empty.pcap"), &[]);
-    let eal = vec![
-        "--vdev".to_string(),
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={},infinite_rx=1",
-            p("in.pcap"),
-            p("out.pcap")
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("empty.pcap"),
-            p("host.pcap")
-        ),
-    ];
+    let eal = wlbs_tests::pcap_ports(dir.path(), &traffic(), &[], true);
     let mut app = Appliance::start("reload", CONFIG, &eal);
     assert!(
         app.wait_for("converged with hosts {1}", Duration::from_secs(30)),

@@ -47,8 +47,6 @@ fn signed_commands_are_answered_and_replays_forgeries_and_stale_ones_refused() {
         datagram(&stale, 40003),
         datagram(&other_host, 40004),
     ];
-    wlbs_tests::write_pcap(&dir.path().join("in.pcap"), &frames);
-    wlbs_tests::write_pcap(&dir.path().join("empty.pcap"), &[]);
     let config = format!(
         "[dataplane]\ncluster_port = \"net_pcap0\"\nhost_port = \"net_pcap1\"\n\
          [cluster]\nip = \"192.0.2.10\"\nheartbeat_period_ms = 100\nkey_file = \"{}\"\n\
@@ -56,20 +54,7 @@ fn signed_commands_are_answered_and_replays_forgeries_and_stale_ones_refused() {
          [remote_control]\nenabled = true\n",
         p("cluster.key")
     );
-    let eal = vec![
-        "--vdev".to_string(),
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={}",
-            p("in.pcap"),
-            p("out.pcap")
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("empty.pcap"),
-            p("host.pcap")
-        ),
-    ];
+    let eal = wlbs_tests::pcap_ports(dir.path(), &frames, &[], false);
     let mut app = Appliance::start("remote", &config, &eal);
     assert!(
         app.wait_for("forwarding:", Duration::from_secs(30)),
@@ -82,9 +67,10 @@ fn signed_commands_are_answered_and_replays_forgeries_and_stale_ones_refused() {
     assert_eq!(exit.code, Some(0), "{}", exit.stderr);
 
     // One answer: to the query, from the cluster IP's port 2504, signed.
-    let out =
-        wlbs_control::pcap::read_all(std::fs::File::open(dir.path().join("out.pcap")).unwrap())
-            .unwrap();
+    let out = wlbs_control::pcap::read_all(
+        std::fs::File::open(dir.path().join("cluster-out.pcap")).unwrap(),
+    )
+    .unwrap();
     let answers: Vec<Answer> = out
         .iter()
         .filter(|r| r.data.get(12..14) == Some(&[0x08, 0x00][..]) && r.data.get(23) == Some(&17))

@@ -94,24 +94,7 @@ fn value(text: &str, sample: &str) -> f64 {
 #[test]
 fn metrics_from_a_busy_appliance_pass_promtool_over_http_and_the_control_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    wlbs_tests::write_pcap(&dir.path().join("in.pcap"), &traffic());
-    wlbs_tests::write_pcap(&dir.path().join("empty.pcap"), &[]);
-    let eal = vec![
-        "--vdev".to_string(),
-        // Replayed over and over: a busy appliance.
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={},infinite_rx=1",
-            p("in.pcap"),
-            p("out.pcap")
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("empty.pcap"),
-            p("host.pcap")
-        ),
-    ];
+    let eal = wlbs_tests::pcap_ports(dir.path(), &traffic(), &[], true);
     let config = CONFIG.replace("[dataplane]\n", "[dataplane]\nmbufs = 8192\n");
     let mut app = Appliance::start("stats", &config, &eal);
     assert!(

@@ -25,22 +25,7 @@ protocol = "tcp"
 
 fn start(name: &str) -> (Appliance, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    wlbs_control::pcap::write_all(std::fs::File::create(p("empty.pcap")).unwrap(), &[]).unwrap();
-    let eal = vec![
-        "--vdev".to_string(),
-        format!(
-            "net_pcap0,rx_pcap={},tx_pcap={}",
-            p("empty.pcap"),
-            p("c.pcap")
-        ),
-        "--vdev".to_string(),
-        format!(
-            "net_pcap1,rx_pcap={},tx_pcap={}",
-            p("empty.pcap"),
-            p("h.pcap")
-        ),
-    ];
+    let eal = wlbs_tests::pcap_ports(dir.path(), &[], &[], false);
     let mut app = Appliance::start(name, CONFIG, &eal);
     assert!(
         app.wait_for("converged with hosts {1}", Duration::from_secs(30)),
