@@ -362,3 +362,51 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
     !wlbs_dataplane::wire::checksum::data(header)
 }
+
+/// What a peer appliance started with `peer_config` (TOML) sends first: its identity
+/// heartbeat (host name `web-<priority>`, its shared configuration) and its first
+/// heartbeat, from `src`. Returns the frames and the peer's shared configuration.
+pub fn peer_frames(
+    peer_config: &str,
+    src: wlbs_dataplane::wire::EthernetAddress,
+) -> (Vec<Vec<u8>>, wlbs_control::consistency::SharedConfig) {
+    use wlbs_control::cluster::ClusterView;
+    use wlbs_control::config::Config;
+    use wlbs_control::heartbeat::IdentityRepr;
+    use wlbs_control::membership::{wire, Membership};
+    use wlbs_dataplane::wire::EthernetAddress;
+
+    let theirs = Config::parse(peer_config, Path::new("peer.toml")).expect("peer config");
+    let view = ClusterView::from_config(&theirs).expect("a cluster member");
+    let shared = view.shared_config(&theirs);
+    let cluster_ip = theirs.cluster.as_ref().expect("[cluster]").ip;
+    let host = theirs.host.as_ref().expect("[host]");
+    let mut core = Membership::new(view.membership_settings(&theirs, 0x4242_4243), 0);
+    let ping = core
+        .poll_transmit(0)
+        .expect("a starting host sends at once");
+    let identity = IdentityRepr {
+        version: 0x0206,
+        host_priority: host.priority,
+        cluster_ip,
+        dedicated_ip: match host.dedicated_ip {
+            Some(std::net::IpAddr::V4(a)) => Some(a),
+            _ => None,
+        },
+        host_name: format!("web-{}", host.priority),
+        others: Vec::new(),
+    };
+    let frames = vec![
+        wire::encode_identity(&identity, &shared, src, EthernetAddress::BROADCAST, None)
+            .expect("identity fits"),
+        wire::encode(
+            &ping,
+            cluster_ip,
+            &shared.rule_codes(),
+            src,
+            EthernetAddress::BROADCAST,
+            None,
+        ),
+    ];
+    (frames, shared)
+}

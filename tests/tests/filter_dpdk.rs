@@ -346,10 +346,6 @@ fn with_a_cluster_key_unsigned_forged_and_replayed_heartbeats_are_refused() {
 /// values: what the identity heartbeat's configuration TLVs are for.
 #[test]
 fn a_peer_with_a_different_port_rule_is_refused_and_the_field_named() {
-    use std::net::Ipv4Addr;
-    use wlbs_control::cluster::ClusterView;
-    use wlbs_control::config::Config;
-    use wlbs_control::heartbeat::IdentityRepr;
     use wlbs_control::membership::wire;
     use wlbs_dataplane::wire::EthernetAddress;
 
@@ -362,34 +358,8 @@ fn a_peer_with_a_different_port_rule_is_refused_and_the_field_named() {
             "priority = 3\ndedicated_ip = \"192.0.2.13\"",
         )
         .replace("ports = \"80\"", "ports = \"80-81\"");
-    let theirs = Config::parse(&theirs_text, std::path::Path::new("peer.toml")).unwrap();
-    let view = ClusterView::from_config(&theirs).unwrap();
-    let shared = view.shared_config(&theirs);
-    let settings = view.membership_settings(&theirs, 0x4242_4243);
-    let mut core = wlbs_control::membership::Membership::new(settings, 0);
-    let ping = core
-        .poll_transmit(0)
-        .expect("a starting host sends at once");
-    let src = EthernetAddress([0x02, 3, 192, 0, 2, 10]);
-    let identity = IdentityRepr {
-        version: 0x0206,
-        host_priority: 3,
-        cluster_ip: Ipv4Addr::new(192, 0, 2, 10),
-        dedicated_ip: Some(Ipv4Addr::new(192, 0, 2, 13)),
-        host_name: "web-3".into(),
-        others: Vec::new(),
-    };
-    let frames = [
-        wire::encode_identity(&identity, &shared, src, EthernetAddress::BROADCAST, None).unwrap(),
-        wire::encode(
-            &ping,
-            Ipv4Addr::new(192, 0, 2, 10),
-            &shared.rule_codes(),
-            src,
-            EthernetAddress::BROADCAST,
-            None,
-        ),
-    ];
+    let (frames, shared) =
+        wlbs_tests::peer_frames(&theirs_text, EthernetAddress([0x02, 3, 192, 0, 2, 10]));
     let (exit, out, _) = replay("mismatch", ours, &frames);
     assert!(
         exit.stderr.contains(

@@ -5,7 +5,6 @@
 //! port on which the "cluster MAC not programmable" fallback is checked.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
 use wlbs_control::pcap::{self, Record};
@@ -351,44 +350,6 @@ fn a_leaked_cluster_mac_and_a_stranger_claiming_the_vip_are_named() {
     assert!(text.contains("diagnostic: IP address conflict"), "{text}");
 }
 
-/// A peer's identity heartbeat and heartbeat, from its configuration (as its appliance would
-/// send them).
-fn peer_frames(peer_config: &str) -> Vec<Vec<u8>> {
-    use wlbs_control::cluster::ClusterView;
-    use wlbs_control::config::Config;
-    use wlbs_control::heartbeat::IdentityRepr;
-    use wlbs_control::membership::{wire, Membership};
-
-    let theirs = Config::parse(peer_config, Path::new("peer.toml")).unwrap();
-    let view = ClusterView::from_config(&theirs).unwrap();
-    let shared = view.shared_config(&theirs);
-    let c = theirs.cluster.as_ref().unwrap();
-    let mut core = Membership::new(view.membership_settings(&theirs, 0x4242_4243), 0);
-    let ping = core
-        .poll_transmit(0)
-        .expect("a starting host sends at once");
-    let src = EthernetAddress([0x02, 3, 192, 0, 2, 10]);
-    let identity = IdentityRepr {
-        version: 0x0206,
-        host_priority: 3,
-        cluster_ip: c.ip,
-        dedicated_ip: Some(Ipv4Addr::new(192, 0, 2, 13)),
-        host_name: "web-3".into(),
-        others: Vec::new(),
-    };
-    vec![
-        wire::encode_identity(&identity, &shared, src, EthernetAddress::BROADCAST, None).unwrap(),
-        wire::encode(
-            &ping,
-            c.ip,
-            &shared.rule_codes(),
-            src,
-            EthernetAddress::BROADCAST,
-            None,
-        ),
-    ]
-}
-
 #[test]
 fn a_peer_with_another_cluster_ip_mac_or_mode_is_refused_with_kb_q193598s_cause() {
     let ours = config("heartbeat_period_ms = 100").replace("members = [1, 2]\n", "");
@@ -429,7 +390,8 @@ fn a_peer_with_another_cluster_ip_mac_or_mode_is_refused_with_kb_q193598s_cause(
             "mode_mismatch",
         ),
     ] {
-        let frames = peer_frames(&peer_config);
+        let (frames, _) =
+            wlbs_tests::peer_frames(&peer_config, EthernetAddress([0x02, 3, 192, 0, 2, 10]));
         let run = run(&format!("mac-peer-{name}"), &ours, &frames, &[], 400);
         let refused = run
             .stderr
