@@ -129,18 +129,6 @@ impl Server {
         &self.path
     }
 
-    /// Serves the clients waiting now. Returns how many requests were answered.
-    pub fn poll(&mut self, mut handle: impl FnMut(Request) -> Response) -> usize {
-        let mut served = 0;
-        while let Some(pending) = self.next_request() {
-            let response = handle(pending.request.clone());
-            if pending.answer(&response).is_ok() {
-                served += 1;
-            }
-        }
-        served
-    }
-
     /// The next request waiting (at most a few per call of a loop that drains it: a client
     /// that connected but sent nothing within [`READ_TIMEOUT`] is dropped). Garbage is
     /// answered here and not handed on.
@@ -226,6 +214,18 @@ pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Respons
 mod tests {
     use super::*;
 
+    /// Answers the requests waiting now with `handle`, as the control loop does.
+    fn serve_waiting(server: &mut Server, mut handle: impl FnMut(Request) -> Response) -> usize {
+        let mut served = 0;
+        while let Some(pending) = server.next_request() {
+            let response = handle(pending.request.clone());
+            if pending.answer(&response).is_ok() {
+                served += 1;
+            }
+        }
+        served
+    }
+
     #[test]
     fn a_request_is_answered_over_the_socket_and_the_file_is_root_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,7 +244,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         for _ in 0..500 {
-            if server.poll(|r| {
+            if serve_waiting(&mut server, |r| {
                 seen.push(r);
                 Response::ok("draining", serde_json::json!({"state": "draining"}))
             }) > 0
@@ -291,7 +291,7 @@ mod tests {
             })
         };
         for _ in 0..500 {
-            if server.poll(|_| unreachable!("garbage is not handed on")) > 0 {
+            if serve_waiting(&mut server, |_| unreachable!("garbage is not handed on")) > 0 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -302,7 +302,7 @@ mod tests {
         // A client that connects and says nothing costs the control thread READ_TIMEOUT.
         let _silent = UnixStream::connect(&path).unwrap();
         let t = std::time::Instant::now();
-        server.poll(|_| unreachable!());
+        serve_waiting(&mut server, |_| unreachable!());
         assert!(t.elapsed() < Duration::from_secs(1));
     }
 }

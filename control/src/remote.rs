@@ -334,8 +334,8 @@ pub fn send(
     )
 }
 
-/// Sends a given command (also a replay of an old one) and gathers the answers.
-pub fn send_command(
+/// Sends `command` and gathers the answers.
+fn send_command(
     command: &Command,
     key: &[u8],
     cluster_ip: Ipv4Addr,
