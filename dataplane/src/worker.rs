@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
-use dpdk::{Burst, Mbuf, RxQueue, TxQueue};
+use dpdk::{Burst, Mbuf, RxQueue, TxQueue, BURST_SIZE};
 use hdrhistogram::Histogram;
 
-use crate::filter::classify::{Decision, Filter, FilterCounters, Tally};
+use crate::filter::classify::{Decision, Filter, FilterCounters, Tally, Triaged};
 use crate::filter::frag::{DatagramKey, HeldFragments};
 use crate::filter::table::FilterTable;
 use crate::filter::{Reason, Verdict};
@@ -252,7 +252,12 @@ struct Scratch {
     /// Frames to free together at the end of a burst.
     dropped: Burst,
     held: HeldFragments<Mbuf>,
+    /// The first step's findings for each frame of the burst being filtered.
+    triage: [Triaged; BURST_SIZE],
 }
+
+// Control frames of a burst are marked in a u64.
+const _: () = assert!(BURST_SIZE <= 64);
 
 /// What a worker hands back when it stops.
 pub struct WorkerReport {
@@ -311,6 +316,7 @@ pub fn run(
         released: Burst::new(),
         dropped: Burst::new(),
         held: HeldFragments::default(),
+        triage: [Triaged::default(); BURST_SIZE],
     };
     let mut backoff = Backoff {
         idle,
@@ -523,6 +529,7 @@ fn filter_inbound(
         released,
         dropped,
         held,
+        triage,
     } = scratch;
     let n = q.cluster_rx.rx_burst(burst);
     let now_ms = (dpdk::rdtsc() / f.tsc_per_ms) as u32;
@@ -543,20 +550,35 @@ fn filter_inbound(
         let leak_watch = f.mac.leak_watch;
         let remote = f.mac.remote_control;
         let mut tally = Tally::default();
+        // First step over the whole burst: control frames set aside, every other frame
+        // triaged, which decides most and starts loading the descriptors of the rest, so
+        // their lookups below overlap instead of waiting for memory one by one.
+        let mut to_control = 0u64;
+        for (i, (m, triage)) in burst.as_slice().iter().zip(triage.iter_mut()).enumerate() {
+            let data = m.data();
+            if let Some(mac) = &leak_watch {
+                if data.get(6..12) == Some(&mac[..]) {
+                    note_leak(control, data);
+                }
+            }
+            if is_control_frame(data) || remote.is_some_and(|(ip, port)| is_udp_to(data, ip, port))
+            {
+                to_control |= 1 << i;
+            } else {
+                filter.triage(&table, data, triage);
+            }
+        }
+        // Second step, in frame order.
+        let mut i = 0;
         burst.retain_or(
             |m| {
-                if let Some(mac) = &leak_watch {
-                    if m.data().get(6..12) == Some(&mac[..]) {
-                        note_leak(control, m.data());
-                    }
-                }
-                if is_control_frame(m.data())
-                    || remote.is_some_and(|(ip, port)| is_udp_to(m.data(), ip, port))
-                {
+                let k = i;
+                i += 1;
+                if to_control & 1 << k != 0 {
                     reject.set(Reject::Control);
                     return false;
                 }
-                let d = filter.classify(&table, m.data(), now_ms);
+                let d = filter.finish(&table, m.data(), &triage[k], now_ms);
                 tally.add(filter_counters, &d);
                 match d.verdict {
                     Verdict::Accept(_) => {

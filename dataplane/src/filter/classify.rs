@@ -9,7 +9,7 @@ use super::frag::{DatagramKey, FragmentTable};
 use super::hash;
 use super::table::{FilterTable, RuleEntry, Transport, VipSlot};
 use super::{Mode, Reason, Verdict, BUCKETS, MAX_RULES};
-use crate::conn::{ConnKind, ConnectionCounts, ConnectionTable, FlowKey, Timeouts};
+use crate::conn::{ConnKind, ConnectionCounts, ConnectionTable, FlowKey, HashedKey, Timeouts};
 use crate::wire::{ethernet, icmp, icmpv6, ipv4, ipv6, EtherType, IpProtocol};
 
 /// The verdict and, for `--explain`, where it came from.
@@ -229,60 +229,114 @@ impl Filter {
         self.conns.expire(now_ms, budget)
     }
 
-    /// Decides what happens to `frame` (an Ethernet frame from the cluster port).
+    /// Decides what happens to `frame` (an Ethernet frame from the cluster port): the two
+    /// steps a worker takes over a whole burst ([`triage`](Self::triage) every frame, then
+    /// [`finish`](Self::finish) every frame), for one frame.
     #[inline]
     pub fn classify(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Decision {
-        match self.classify_common(t, frame, now_ms) {
-            Some(d) => d,
-            None => self.classify_any(t, frame, now_ms),
-        }
+        let mut triaged = Triaged::default();
+        self.triage(t, frame, &mut triaged);
+        self.finish(t, frame, &triaged, now_ms)
     }
 
-    /// The common case, checked byte by byte: an untagged IPv4 packet without options, not a
-    /// fragment, TCP or UDP. Anything else (or anything odd) goes the general way, which
-    /// decides the same.
+    /// The first step, which changes nothing: the common case (an untagged IPv4 packet
+    /// without options, not a fragment, TCP or UDP) is parsed byte by byte and decided here
+    /// unless its bucket is ours in some way; then its descriptor is hashed and its slot
+    /// prefetched, for [`finish`](Self::finish) to consult. Anything else (or anything odd)
+    /// is left to the general way, which decides the same.
     #[inline(always)]
-    fn classify_common(&mut self, t: &FilterTable, frame: &[u8], now_ms: u32) -> Option<Decision> {
+    pub fn triage(&self, t: &FilterTable, frame: &[u8], out: &mut Triaged) {
+        out.triage = self.triage_common(t, frame, &mut out.key);
+    }
+
+    #[inline(always)]
+    fn triage_common(&self, t: &FilterTable, frame: &[u8], key: &mut HashedKey) -> Triage {
         const L3: usize = ethernet::HEADER_LEN;
         const L4: usize = L3 + 20;
-        let head = frame.get(..L4 + 14)?;
-        if head[12] != 0x08 || head[13] != 0x00 || head[L3] != 0x45 {
-            return None;
-        }
-        // Fragments (MF or an offset) take the fragment-aware way.
-        if head[L3 + 6] & 0x3f != 0 || head[L3 + 7] != 0 || !t.running {
-            return None;
-        }
-        let total = u16::from_be_bytes([head[L3 + 2], head[L3 + 3]]) as usize;
-        let l4 = frame.get(L4..L3 + total)?;
-        let dst = u32::from_be_bytes([head[L3 + 16], head[L3 + 17], head[L3 + 18], head[L3 + 19]]);
-        let Some(vip) = t.vip4(dst) else {
-            return Some(not_vip(t.is_dedicated4(dst)));
+        // Ethernet, a 20-byte IPv4 header, and the first 14 bytes of TCP (8 of UDP).
+        let Some(h) = frame.first_chunk::<{ L4 + 14 }>() else {
+            return Triage::General;
         };
-        let src = u32::from_be_bytes([head[L3 + 12], head[L3 + 13], head[L3 + 14], head[L3 + 15]]);
-        let (cport, sport) = ports(l4);
-        let segment = match head[L3 + 9] {
-            6 if l4.len() >= 14 => {
-                let flags = l4[13];
+        let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+        let be32 = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        // EtherType IPv4, version 4 with a 20-byte header, not a fragment (neither MF nor an
+        // offset: fragments take the fragment-aware way).
+        if be32(12) >> 8 != 0x08_00_45 || be16(L3 + 6) & 0x3fff != 0 || !t.running {
+            return Triage::General;
+        }
+        // The datagram within the frame, and (below) the transport header within the datagram.
+        let total = be16(L3 + 2) as usize;
+        if total < 20 || L3 + total > frame.len() {
+            return Triage::General;
+        }
+        let dst = be32(L3 + 16);
+        let Some(vip) = t.vip4(dst) else {
+            return Triage::Decided(not_vip(t.is_dedicated4(dst)));
+        };
+        let (transport, transport_len) = match h[L3 + 9] {
+            6 => (Transport::Tcp, 14),
+            17 => (Transport::Udp, 8),
+            _ => return Triage::General,
+        };
+        if total < 20 + transport_len {
+            return Triage::General;
+        }
+        let src = be32(L3 + 12);
+        let (cport, sport) = (be16(L4), be16(L4 + 2));
+        let Some(rule_index) = t.rule_for(vip, transport, sport) else {
+            return Triage::Decided(default_host(t));
+        };
+        let rule = t.rule(rule_index);
+        let bucket = hash::bucket_v4_after(rule.v4_prefix, rule.affinity, src, cport, sport);
+        // Not ours in any way (or a rule of another mode): decided without the descriptors.
+        if rule.mode != Mode::Multiple || rule.reach & 1u64 << bucket == 0 {
+            return Triage::Decided(rule_verdict(rule_index, rule, bucket));
+        }
+        let segment = match transport {
+            Transport::Tcp => {
+                let flags = h[L4 + 13];
                 Segment::Tcp {
                     syn: flags & 0x02 != 0 && flags & 0x10 == 0,
                     fin: flags & 0x01 != 0,
                     rst: flags & 0x04 != 0,
                 }
             }
-            17 if l4.len() >= 8 => Segment::Udp,
-            _ => return None,
+            Transport::Udp => Segment::Udp,
         };
-        Some(self.classify_flow(
-            t,
-            vip,
-            Client::V4(src),
-            dst as u128,
-            cport,
-            sport,
+        *key = self.conns.hashed(FlowKey {
+            client: crate::conn::ipv4_mapped(src.into()),
+            vip: crate::conn::ipv4_mapped(dst.into()),
+            client_port: cport,
+            server_port: sport,
+            protocol: transport.protocol(),
+        });
+        self.conns.prefetch(key);
+        Triage::Flow {
+            rule: rule_index,
+            bucket,
             segment,
-            now_ms,
-        ))
+        }
+    }
+
+    /// The second step: what [`triage`](Self::triage) left open, decided in frame order
+    /// (descriptors are created, refreshed and freed here).
+    #[inline(always)]
+    pub fn finish(
+        &mut self,
+        t: &FilterTable,
+        frame: &[u8],
+        triaged: &Triaged,
+        now_ms: u32,
+    ) -> Decision {
+        match triaged.triage {
+            Triage::Decided(d) => d,
+            Triage::Flow {
+                rule,
+                bucket,
+                segment,
+            } => self.decide_flow(t, &triaged.key, rule, bucket, segment, now_ms),
+            Triage::General => self.classify_any(t, frame, now_ms),
+        }
     }
 
     /// Any frame: VLAN tags, IPv6, fragments, ICMP, malformed input.
@@ -508,9 +562,9 @@ impl Filter {
         self.classify_flow(t, vip, q_dst, vip_addr, cport, sport, segment, now_ms)
     }
 
-    /// A TCP/UDP packet (or an ICMP error about one) to a VIP.
+    /// A TCP/UDP packet (or an ICMP error about one) to a VIP: the general way's version of
+    /// what [`triage`](Self::triage) and [`finish`](Self::finish) do for the common case.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
     fn classify_flow(
         &mut self,
         t: &FilterTable,
@@ -527,32 +581,21 @@ impl Filter {
             return default_host(t);
         };
         let rule: &RuleEntry = t.rule(rule_index);
-        let decided = |verdict, bucket| Decision {
-            verdict,
-            rule: Some(rule_index),
-            bucket,
-        };
-        match rule.mode {
-            Mode::Disabled => return decided(Verdict::Drop(Reason::RuleDisabled), None),
-            Mode::Single => {
-                let v = if rule.ownership.handler {
-                    Verdict::Accept(Reason::SingleHost)
-                } else {
-                    Verdict::Drop(Reason::NotHandler)
-                };
-                return decided(v, None);
-            }
-            Mode::Multiple => {}
-        }
-        let bucket = match client {
-            Client::V4(a) => {
+        let bucket = match (rule.mode, client) {
+            (Mode::Multiple, Client::V4(a)) => {
                 hash::bucket_v4_after(rule.v4_prefix, rule.affinity, a, client_port, server_port)
             }
-            Client::V6(a) => hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port),
+            (Mode::Multiple, Client::V6(a)) => {
+                hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port)
+            }
+            _ => 0,
         };
-        let bit = 1u64 << bucket;
-        let own = rule.ownership;
-        let ours = (own.owned | own.incoming | own.outgoing) & bit != 0;
+        // Not ours in any way: the common case on every host but one, decided without
+        // touching the descriptor table. (A descriptor left from a completed hand-off is
+        // stale; the idle sweep frees it.)
+        if rule.mode != Mode::Multiple || rule.reach & 1u64 << bucket == 0 {
+            return rule_verdict(rule_index, rule, bucket);
+        }
         let key = FlowKey {
             client: match client {
                 Client::V4(a) => crate::conn::ipv4_mapped(a.into()),
@@ -564,55 +607,69 @@ impl Filter {
             },
             client_port,
             server_port,
-            protocol: match transport {
-                Transport::Tcp => 6,
-                Transport::Udp => 17,
-            },
+            protocol: transport.protocol(),
         };
+        let key = self.conns.hashed(key);
+        self.decide_flow(t, &key, rule_index, bucket, segment, now_ms)
+    }
 
-        // Not ours in any way: the common case on every host but one, decided without
-        // touching the descriptor table. (A descriptor left from a completed hand-off is
-        // stale; the idle sweep frees it.)
-        if !ours {
-            return decided(Verdict::Drop(Reason::NotOwned), Some(bucket));
-        }
+    /// A packet in a bucket that is ours in some way: owned, moving to us or moving away.
+    #[inline]
+    fn decide_flow(
+        &mut self,
+        t: &FilterTable,
+        key: &HashedKey,
+        rule_index: u8,
+        bucket: u8,
+        segment: Segment,
+        now_ms: u32,
+    ) -> Decision {
+        let own = t.rule(rule_index).ownership;
+        let bit = 1u64 << bucket;
+        let decided = |verdict| Decision {
+            verdict,
+            rule: Some(rule_index),
+            bucket: Some(bucket),
+        };
         // A connection we hold a descriptor for stays ours while the bucket is ours in any way,
         // except that a SYN in a bucket moving away is a new connection (a retransmitted SYN,
         // or a 4-tuple reused after a close): the new owner takes those, so we let go.
-        if self.conns.lookup(&key, now_ms).is_some() {
+        if self.conns.lookup_hashed(key, now_ms).is_some() {
             let moving_away = own.outgoing & bit != 0 && (own.owned | own.incoming) & bit == 0;
             if moving_away && matches!(segment, Segment::Tcp { syn: true, .. }) {
-                self.conns.remove(&key);
-                return decided(Verdict::Drop(Reason::HandedOff), Some(bucket));
+                self.conns.remove_hashed(key);
+                return decided(Verdict::Drop(Reason::HandedOff));
             }
             match segment {
                 Segment::Tcp { rst: true, .. } => {
-                    self.conns.remove(&key);
+                    self.conns.remove_hashed(key);
                 }
                 Segment::Tcp { fin: true, .. } => {
-                    self.conns.close(&key, now_ms);
+                    self.conns.close_hashed(key, now_ms);
                 }
                 _ => {}
             }
-            return decided(Verdict::Accept(Reason::Descriptor), Some(bucket));
+            return decided(Verdict::Accept(Reason::Descriptor));
         }
 
         let verdict = if own.owned & bit != 0 {
             if segment.opens() {
-                let kind = match transport {
+                let kind = match segment.transport() {
                     Transport::Tcp => ConnKind::Tcp,
                     Transport::Udp => ConnKind::Udp,
                 };
                 // A full table is counted by the table; the connection still gets the
                 // bucket's verdict.
-                let _ = self.conns.insert(&key, rule_index, bucket, kind, now_ms);
+                let _ = self
+                    .conns
+                    .insert_hashed(key, rule_index, bucket, kind, now_ms);
             }
             Verdict::Accept(Reason::BucketOwned)
         } else if own.incoming & bit != 0 {
             if let Segment::Tcp { syn: true, .. } = segment {
                 let _ = self
                     .conns
-                    .insert(&key, rule_index, bucket, ConnKind::Tcp, now_ms);
+                    .insert_hashed(key, rule_index, bucket, ConnKind::Tcp, now_ms);
                 Verdict::Accept(Reason::NewConnection)
             } else {
                 Verdict::Drop(Reason::OldOwnerKeeps)
@@ -624,13 +681,46 @@ impl Filter {
                 _ => Verdict::Drop(Reason::HandedOff),
             }
         };
-        decided(verdict, Some(bucket))
+        decided(verdict)
+    }
+}
+
+/// What the first step over a frame found ([`Filter::triage`]).
+#[derive(Clone, Copy)]
+pub enum Triage {
+    /// Decided without the descriptors.
+    Decided(Decision),
+    /// A packet of a flow in a bucket that is ours in some way: the descriptors decide.
+    Flow {
+        rule: u8,
+        bucket: u8,
+        segment: Segment,
+    },
+    /// Not the common case: the general way decides.
+    General,
+}
+
+/// Where the first step leaves its finding for the second: the triage, and for a flow the
+/// descriptor key it hashed. (Kept apart so that the usual finding, a few bytes, is all
+/// that is written per frame.)
+#[derive(Clone, Copy)]
+pub struct Triaged {
+    triage: Triage,
+    key: HashedKey,
+}
+
+impl Default for Triaged {
+    fn default() -> Self {
+        Triaged {
+            triage: Triage::General,
+            key: HashedKey::default(),
+        }
     }
 }
 
 /// What kind of packet of a flow this is.
 #[derive(Clone, Copy)]
-enum Segment {
+pub enum Segment {
     Tcp {
         syn: bool,
         fin: bool,
@@ -662,6 +752,23 @@ fn ports(l4: &[u8]) -> (u16, u16) {
         u16::from_be_bytes([l4[0], l4[1]]),
         u16::from_be_bytes([l4[2], l4[3]]),
     )
+}
+
+/// The verdict of a rule that decides without descriptors: a disabled rule, a single-host
+/// rule, or a multiple-host rule whose `bucket` is not ours in any way.
+#[inline(always)]
+fn rule_verdict(rule_index: u8, rule: &RuleEntry, bucket: u8) -> Decision {
+    let (verdict, bucket) = match rule.mode {
+        Mode::Disabled => (Verdict::Drop(Reason::RuleDisabled), None),
+        Mode::Single if rule.ownership.handler => (Verdict::Accept(Reason::SingleHost), None),
+        Mode::Single => (Verdict::Drop(Reason::NotHandler), None),
+        Mode::Multiple => (Verdict::Drop(Reason::NotOwned), Some(bucket)),
+    };
+    Decision {
+        verdict,
+        rule: Some(rule_index),
+        bucket,
+    }
 }
 
 /// IP traffic not addressed to a VIP passes: to the dedicated IP, or to anything else.
@@ -912,5 +1019,140 @@ mod tests {
             f.classify(&t, &[0u8; 10], 0).verdict,
             Verdict::Drop(Reason::Malformed)
         );
+    }
+
+    mod fast_path {
+        //! The first step decides the common case byte by byte; the general way parses with
+        //! the wire module. They must agree on every frame, and leave the descriptors alike.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Two rules (TCP 80, then every port of both protocols) and a single-host rule on
+        /// UDP 53, with ownership drawn per bucket (owned, incoming, outgoing or none).
+        fn table(modes: &[u8], handler: bool, affinity: u8, default_host: bool) -> FilterTable {
+            let affinity =
+                [Affinity::None, Affinity::Single, Affinity::Network][affinity as usize % 3];
+            let rule = |first, last, protocol, mode| PortRule {
+                vip: RuleVip::All,
+                first_port: first,
+                last_port: last,
+                protocol,
+                mode,
+                affinity,
+            };
+            let spec = FilterSpec {
+                cluster_ip: Ipv4Addr::from(VIP),
+                vips: vec![Ipv4Addr::from(VIP).into(), "192.0.2.20".parse().unwrap()],
+                dedicated: vec!["192.0.2.11".parse().unwrap()],
+                rules: vec![
+                    rule(80, 80, Protocol::Tcp, Mode::Multiple),
+                    rule(53, 53, Protocol::Udp, Mode::Single),
+                    rule(1000, 65535, Protocol::Both, Mode::Multiple),
+                    rule(25, 25, Protocol::Both, Mode::Disabled),
+                ],
+            };
+            let mut own = RuleOwnership::default();
+            for (b, m) in modes.iter().enumerate().take(BUCKETS) {
+                let bit = 1u64 << b;
+                match m % 4 {
+                    0 => own.owned |= bit,
+                    1 => own.incoming |= bit,
+                    2 => own.outgoing |= bit,
+                    _ => {}
+                }
+            }
+            own.handler = handler;
+            FilterTable::new(&spec, &[own, own, own, own], default_host, true, 1)
+        }
+
+        /// A frame near the common case: TCP or UDP to a VIP (or not) from a few clients, with a few bytes
+        /// that steer it off the common case now and then.
+        fn frame() -> impl Strategy<Value = Vec<u8>> {
+            (
+                any::<u8>(),
+                0u8..5,
+                prop_oneof![
+                    4 => Just(80u16),
+                    4 => Just(1000u16),
+                    1 => Just(53u16),
+                    1 => Just(25u16),
+                    1 => Just(22u16),
+                    1 => 1000u16..=65535
+                ],
+                // Few clients and ports, so flows come back (SYN, data, FIN, RST of one flow).
+                1000u16..1002,
+                prop_oneof![
+                    Just(SYN),
+                    Just(SYN | ACK),
+                    Just(ACK),
+                    Just(FIN | ACK),
+                    Just(RST),
+                    Just(0x18u8),
+                    any::<u8>()
+                ],
+                prop_oneof![4 => Just(0u8), 1 => 1u8..4],
+                any::<(u8, u8)>(),
+                0usize..40,
+            )
+                .prop_map(
+                    |(client, kind, server_port, client_port, flags, dst, odd, cut)| {
+                        let mut l4 = vec![0u8; 20];
+                        l4[0..2].copy_from_slice(&client_port.to_be_bytes());
+                        l4[2..4].copy_from_slice(&server_port.to_be_bytes());
+                        l4[13] = flags;
+                        let proto = match kind {
+                            0 | 1 => 6,
+                            2 | 3 => 17,
+                            _ => 1,
+                        };
+                        let mut f = ipv4_frame([198, 51, 100, client % 2], proto, &l4, 7, 0);
+                        f[30..34].copy_from_slice(
+                            &[
+                                [192, 0, 2, 10],
+                                [192, 0, 2, 20],
+                                [192, 0, 2, 11],
+                                [203, 0, 113, 9],
+                            ][dst as usize],
+                        );
+                        // Now and then an odd byte: a fragment, options, another EtherType, a
+                        // short or long total length, a truncated frame.
+                        match odd.0 % 16 {
+                            0 => f[20] = 0x20,
+                            1 => f[21] = odd.1,
+                            2 => f[14] = 0x46,
+                            3 => f[12] = 0x86,
+                            4 => f[17] = odd.1,
+                            5 => f[16] = odd.1,
+                            6 => f.truncate(14 + cut),
+                            _ => {}
+                        }
+                        f
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn first_step_and_general_way_agree(
+                modes in proptest::collection::vec(any::<u8>(), BUCKETS),
+                handler in any::<bool>(),
+                affinity in any::<u8>(),
+                default_host in any::<bool>(),
+                frames in proptest::collection::vec(frame(), 1..300),
+            ) {
+                let t = table(&modes, handler, affinity, default_host);
+                let mut fast = filter();
+                let mut general = filter();
+                for (i, f) in frames.iter().enumerate() {
+                    let now = i as u32;
+                    let a = fast.classify(&t, f, now);
+                    let b = general.classify_any(&t, f, now);
+                    prop_assert_eq!(a, b, "frame {} {:02x?}", i, f);
+                    prop_assert_eq!(fast.conns.live(), general.conns.live());
+                }
+            }
+        }
     }
 }

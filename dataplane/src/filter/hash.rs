@@ -57,7 +57,7 @@ impl Affinity {
     }
 }
 
-#[inline]
+#[inline(always)]
 pub fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -72,7 +72,7 @@ pub fn seed(cluster_ip: Ipv4Addr) -> u64 {
     fmix64(0x776c_6273_5f76_3121 ^ u32::from(cluster_ip) as u64)
 }
 
-#[inline]
+#[inline(always)]
 fn to_bucket(h: u64) -> u8 {
     (((h >> 32) * BUCKETS as u64) >> 32) as u8
 }
@@ -103,7 +103,7 @@ pub fn v4_prefix(seed: u64, affinity: Affinity) -> u64 {
 }
 
 /// [`bucket_v4`] from a precomputed [`v4_prefix`].
-#[inline]
+#[inline(always)]
 pub fn bucket_v4_after(
     prefix: u64,
     affinity: Affinity,

@@ -42,6 +42,9 @@ pub struct RuleEntry {
     pub v4_prefix: u64,
     pub protocol: Protocol,
     pub ownership: RuleOwnership,
+    /// Buckets that are ours in any way (owned, incoming or outgoing): a packet in any other
+    /// bucket is decided without the descriptors.
+    pub reach: u64,
 }
 
 /// No rule covers the port.
@@ -56,6 +59,16 @@ const PORT_MAP_LEN: usize = 65536;
 pub enum Transport {
     Tcp = 0,
     Udp = 1,
+}
+
+impl Transport {
+    /// The IP protocol number.
+    pub fn protocol(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
 }
 
 /// The immutable snapshot the workers read.
@@ -160,12 +173,16 @@ impl FilterTable {
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| RuleEntry {
-                mode: r.mode,
-                affinity: r.affinity,
-                v4_prefix: hash::v4_prefix(hash::seed(spec.cluster_ip), r.affinity),
-                protocol: r.protocol,
-                ownership: ownership.get(i).copied().unwrap_or_default(),
+            .map(|(i, r)| {
+                let ownership = ownership.get(i).copied().unwrap_or_default();
+                RuleEntry {
+                    mode: r.mode,
+                    affinity: r.affinity,
+                    v4_prefix: hash::v4_prefix(hash::seed(spec.cluster_ip), r.affinity),
+                    protocol: r.protocol,
+                    ownership,
+                    reach: ownership.owned | ownership.incoming | ownership.outgoing,
+                }
             })
             .collect();
         FilterTable {
