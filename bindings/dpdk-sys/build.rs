@@ -39,7 +39,7 @@ fn main() {
         .layout_tests(false)
         .generate_comments(false)
         .prepend_enum_name(false)
-        .allowlist_function("rte_eal_(init|cleanup|remote_launch|wait_lcore|mp_wait_lcore|process_type|has_hugepages)")
+        .allowlist_function("rte_eal_(init|cleanup|remote_launch|wait_lcore|mp_wait_lcore|process_type|has_hugepages|get_runtime_dir)")
         .allowlist_function("rte_lcore_(id|count|is_enabled|to_socket_id)")
         .allowlist_function("rte_get_(main_lcore|next_lcore|tsc_hz|tsc_cycles)")
         .allowlist_function("rte_rdtsc")

@@ -87,6 +87,9 @@ pub struct Appliance {
 pub struct Exit {
     pub code: Option<i32>,
     pub stderr: String,
+    /// Whether the EAL's runtime folder (`/var/run/dpdk/<prefix>`) was still there after the
+    /// exit (a clean exit removes it).
+    pub runtime_dir_left: bool,
 }
 
 impl Exit {
@@ -256,6 +259,7 @@ impl Appliance {
             Exit {
                 code,
                 stderr: self.stderr(),
+                runtime_dir_left: self.runtime_dir().exists(),
             },
             took,
         )
@@ -279,7 +283,13 @@ impl Appliance {
         Exit {
             code,
             stderr: self.stderr(),
+            runtime_dir_left: self.runtime_dir().exists(),
         }
+    }
+
+    /// The EAL's runtime folder of this appliance.
+    fn runtime_dir(&self) -> PathBuf {
+        Path::new("/var/run/dpdk").join(&self.prefix)
     }
 }
 
@@ -289,7 +299,8 @@ impl Drop for Appliance {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
+        // A killed appliance cannot remove its own.
+        let _ = std::fs::remove_dir_all(self.runtime_dir());
     }
 }
 

@@ -129,6 +129,10 @@ fn stop_test(signal: i32, name: &str) {
         exit.stderr
     );
     assert!(exit.summary_figure("cluster->host ").unwrap() > 0);
+    assert!(
+        !exit.runtime_dir_left,
+        "a clean exit leaves no /var/run/dpdk folder behind"
+    );
     // The stop deadline is one second; allow for a loaded CI machine.
     assert!(took < Duration::from_secs(3), "stopping took {took:?}");
 }

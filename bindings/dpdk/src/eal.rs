@@ -134,11 +134,25 @@ impl Eal {
 
 impl Drop for Eal {
     fn drop(&mut self) {
+        // The runtime folder (/var/run/dpdk/<file-prefix>) belongs to the primary process of
+        // its prefix; rte_eal_cleanup leaves it behind. A primary that exits cleanly removes
+        // it, so finished runs leave nothing there (a killed one cannot: whoever killed it
+        // removes the folder, as the tests and the lab do).
+        // SAFETY: plain getters, valid while the EAL is up; the path is copied before cleanup.
+        let runtime_dir = unsafe {
+            let primary = dpdk_sys::rte_eal_process_type() == dpdk_sys::RTE_PROC_PRIMARY;
+            let dir = dpdk_sys::rte_eal_get_runtime_dir();
+            (primary && !dir.is_null())
+                .then(|| std::ffi::CStr::from_ptr(dir).to_string_lossy().into_owned())
+        };
         // SAFETY: waits for any still-running lcore jobs, then releases EAL resources; nothing
         // in this process uses DPDK after the Eal is dropped.
         unsafe {
             dpdk_sys::rte_eal_mp_wait_lcore();
             dpdk_sys::rte_eal_cleanup();
+        }
+        if let Some(dir) = runtime_dir.filter(|d| !d.is_empty()) {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
