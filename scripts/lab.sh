@@ -1368,7 +1368,7 @@ failover_client() { # failover_client URL NET BASE ADDRS INTERVAL MAX_TIME STOPF
 # kill -9 the last host under load; check the survivors converge without it in time and that
 # the cluster IP answers every request started after that bound.
 failover_kill() {
-  local n=$HOSTS i pid t0 kill_t kill_ms stop_ms guard ev fail_ms conv_ms set
+  local n=$HOSTS i pid t0 kill_t kill_ms stop_ms ev fail_ms conv_ms set
   local bound=$(((HB_TOLERANCE + 3) * HB_PERIOD_MS)) survivors detect=0 conv=0 bad=0
   local out="$LOGDIR/failover.out" stopf="$LOGDIR/failover.stop"
   survivors=$(host_set "$n")
@@ -1397,16 +1397,7 @@ failover_kill() {
     check_alive || FAILED=1 # a survivor died: a failure, but see what the others did
     sleep 0.1
   done
-  : >"$stopf"
-  guard=$(($(now_ms) + 3000))
-  while is_running "$FO_PID" && [ "$(now_ms)" -lt $guard ]; do sleep 0.05; done
-  if is_running "$FO_PID"; then
-    warn "FAIL: the failover client still runs 3 s after it was told to stop; stopping it"
-    kill -TERM "$FO_PID" 2>/dev/null || true
-    FAILED=1
-  fi
-  wait "$FO_PID" 2>/dev/null || true
-  FO_PID=""
+  stop_client "$stopf" "failover"
 
   # What the survivors logged, relative to the kill (the latest survivor counts).
   for ((i = 1; i < n; i++)); do
@@ -1494,10 +1485,50 @@ failover_kill() {
   FO_KILL_SUMMARY="h$n killed under load: converged without it in $conv ms (bound $bound ms), $late failures after the bound"
 }
 
+# Wait until each HOST logs "converged with hosts SET" after T0 (ms), at most TIMEOUT seconds
+# from T0. Sets CONV_MS[host] (ms after T0) and CONV_LATEST; on a timeout or a dead appliance
+# it says which hosts are missing (AFTER names what T0 was, e.g. "h3's restart"), leaves them
+# in CONV_PENDING and returns 1.
+wait_converged() { # wait_converged SET T0 TIMEOUT AFTER HOST...
+  local set=$1 t0=$2 timeout=$3 after=$4 i ev deadline
+  shift 4
+  local -a pending=("$@")
+  CONV_MS=()
+  CONV_LATEST=0
+  CONV_PENDING=()
+  deadline=$((t0 + timeout * 1000))
+  while [ ${#pending[@]} -gt 0 ]; do
+    local still=()
+    for i in "${pending[@]}"; do
+      if ev=$(first_event "$LOGDIR/h$i.log" "converged with hosts \\$set" "$t0"); then
+        CONV_MS[i]=$((${ev%%$'\t'*} - t0))
+        ((CONV_MS[i] > CONV_LATEST)) && CONV_LATEST=${CONV_MS[i]}
+      else
+        still+=("$i")
+      fi
+    done
+    pending=("${still[@]}")
+    [ ${#pending[@]} -eq 0 ] && return 0
+    CONV_PENDING=("${pending[@]}")
+    if ! check_alive; then
+      warn "FAIL: an appliance died while waiting for convergence after $after"
+      return 1
+    fi
+    if [ "$(now_ms)" -ge $deadline ]; then
+      for i in "${pending[@]}"; do
+        warn "FAIL: h$i did not converge with hosts $set within ${timeout}s of $after"
+        log_tail "$LOGDIR/h$i.log"
+      done
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
 # Start the killed host again (same config and namespace) and wait until every host converged
 # with all hosts.
 failover_restart() {
-  local n=$KILLED i t0 deadline ev ms all latest=0 dir
+  local n=$KILLED i t0 all dir
   local -a pending=()
   all=$(host_set)
   dir="/var/run/dpdk/$(dpdk_prefix "$n")"
@@ -1508,41 +1539,13 @@ failover_restart() {
   say "failover: h$n restarted (pid ${APP_PID[n]}), waiting for all to converge with hosts $all"
   KILLED=""
   RESTARTED=$n
-  deadline=$((t0 + FO_REJOIN_TIMEOUT * 1000))
   for ((i = 1; i <= HOSTS; i++)); do pending+=("$i"); done
-  while [ ${#pending[@]} -gt 0 ]; do
-    local still=()
-    for i in "${pending[@]}"; do
-      if ev=$(first_event "$LOGDIR/h$i.log" "converged with hosts \\$all" "$t0"); then
-        ms=$((${ev%%$'\t'*} - t0))
-        ((ms > latest)) && latest=$ms
-      else
-        still+=("$i")
-      fi
-    done
-    pending=("${still[@]}")
-    [ ${#pending[@]} -eq 0 ] && break
-    if ! check_alive; then
-      warn "FAIL: an appliance died while h$n rejoined"
-      FAILED=1
-      break
-    fi
-    if [ "$(now_ms)" -ge $deadline ]; then
-      local h
-      for h in "${pending[@]}"; do
-        warn "FAIL: h$h did not converge with hosts $all within ${FO_REJOIN_TIMEOUT}s of h$n's restart"
-        log_tail "$LOGDIR/h$h.log"
-      done
-      FAILED=1
-      break
-    fi
-    sleep 0.1
-  done
-  if [ ${#pending[@]} -eq 0 ]; then
-    TIMING+=("h$n restarted: converged with hosts $all after $latest ms")
-    PASS_EXTRA+="; $FO_KILL_SUMMARY; restarted, all converged again in $latest ms"
+  if wait_converged "$all" "$t0" "$FO_REJOIN_TIMEOUT" "h$n's restart" "${pending[@]}"; then
+    TIMING+=("h$n restarted: converged with hosts $all after $CONV_LATEST ms")
+    PASS_EXTRA+="; $FO_KILL_SUMMARY; restarted, all converged again in $CONV_LATEST ms"
   else
-    TIMING+=("h$n restarted: NOT converged with hosts $all (still missing: $(printf 'h%s ' "${pending[@]}"| sed 's/ $//'))")
+    FAILED=1
+    TIMING+=("h$n restarted: NOT converged with hosts $all (still missing: $(printf 'h%s ' "${CONV_PENDING[@]}"| sed 's/ $//'))")
   fi
 }
 
@@ -1750,12 +1753,17 @@ start_short() { # start_short DIR: the failover phase's short-request client, in
 }
 
 stop_short() { # stop_short DIR: tell the short-request client to stop; its curls end soon
+  stop_client "$1/short.stop" "short-request"
+}
+
+# Tell the request client ($FO_PID) to stop by creating STOPFILE, and wait (3 s at most) for it.
+stop_client() { # stop_client STOPFILE WHAT
   local guard
-  : >"$1/short.stop"
+  : >"$1"
   guard=$(($(now_ms) + 3000))
   while is_running "$FO_PID" && [ "$(now_ms)" -lt $guard ]; do sleep 0.05; done
   if is_running "$FO_PID"; then
-    warn "FAIL: the short-request client still runs 3 s after it was told to stop; stopping it"
+    warn "FAIL: the $2 client still runs 3 s after it was told to stop; stopping it"
     kill -TERM "$FO_PID" 2>/dev/null || true
     FAILED=1
   fi
@@ -1772,7 +1780,7 @@ join_phase() {
     return
   fi
   local n=$JOINER dir="$LOGDIR/join" all i ev ms t0 t_join latest=0 own=0 from_start="" conv=""
-  local deadline stop_ms open=0 bad=0 served0
+  local stop_ms open=0 bad=0 served0
   local -a pending=()
   all=$(lab_hosts | set_of)
   mkdir -p "$dir"
@@ -1790,44 +1798,19 @@ join_phase() {
   t_join=${APP_T0[n]}
   say "join: h$n started (pid ${APP_PID[n]}) $(fmt_ms $((t_join - t0))) into the load," \
     "waiting for all to converge with hosts $all"
-  deadline=$((t_join + JOIN_TIMEOUT * 1000))
   mapfile -t pending < <(lab_hosts)
-  while [ ${#pending[@]} -gt 0 ]; do
-    local still=()
-    for i in "${pending[@]}"; do
-      if ev=$(first_event "$LOGDIR/h$i.log" "converged with hosts \\$all" "$t_join"); then
-        ms=$((${ev%%$'\t'*} - t_join))
-        ((ms > latest)) && latest=$ms
-        [ "$i" != "$n" ] || own=$ms
-      else
-        still+=("$i")
-      fi
-    done
-    pending=("${still[@]}")
-    [ ${#pending[@]} -eq 0 ] && break
-    if ! check_alive; then
-      warn "FAIL: an appliance died while h$n joined"
-      bad=1
-      break
-    fi
-    if [ "$(now_ms)" -ge $deadline ]; then
-      for i in "${pending[@]}"; do
-        warn "FAIL: h$i did not converge with hosts $all within ${JOIN_TIMEOUT}s of h$n's start"
-        log_tail "$LOGDIR/h$i.log"
-      done
-      bad=1
-      break
-    fi
-    sleep 0.1
-  done
-  if [ ${#pending[@]} -eq 0 ]; then
+  if wait_converged "$all" "$t_join" "$JOIN_TIMEOUT" "h$n's start" "${pending[@]}"; then
     JOINED=$n
+    latest=$CONV_LATEST
+    own=${CONV_MS[n]}
     conv=$((t_join + latest))
     if ev=$(first_event "$LOGDIR/h$n.log" 'starting, converging with heartbeats' "$t_join"); then
       from_start=" ($((t_join + own - ${ev%%$'\t'*})) ms after its 'starting' line)"
     fi
     say "join: h$n converged with hosts $all $own ms after its spawn$from_start; every host" \
       "converged with it after $latest ms"
+  else
+    bad=1
   fi
 
   # Short requests go on a while after the convergence; then wait for the long connections.
