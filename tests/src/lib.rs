@@ -327,6 +327,33 @@ pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], seq: u32, payload_len: usiz
     f
 }
 
+/// An appliance that is a cluster of its own (host 1, heartbeats every 100 ms so it converges
+/// within a second), on the two ports of [`pcap_ports`], with one port rule: TCP port 80 with
+/// `affinity` (`None`: the default). The operator-facing tests (verbs, metrics, reload) start
+/// from it.
+pub fn one_host_config(affinity: Option<&str>) -> String {
+    let affinity = affinity.map_or(String::new(), |a| format!("affinity = \"{a}\"\n"));
+    format!(
+        r#"
+[dataplane]
+cluster_port = "net_pcap0"
+host_port = "net_pcap1"
+
+[cluster]
+ip = "192.0.2.10"
+heartbeat_period_ms = 100
+
+[host]
+priority = 1
+dedicated_ip = "192.0.2.11"
+
+[[port_rule]]
+ports = "80"
+protocol = "tcp"
+{affinity}"#
+    )
+}
+
 /// Two `net_pcap` ports for an appliance in `dir`: the cluster port (`net_pcap0`) replays
 /// `cluster_in` (over and over with `replay_forever`: a busy appliance) and writes
 /// `cluster-out.pcap`; the host port (`net_pcap1`) replays `host_in` and writes

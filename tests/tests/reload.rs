@@ -11,26 +11,6 @@ use wlbs_dataplane::wire::IpProtocol;
 use wlbs_tests::frames::{self, Vlan};
 use wlbs_tests::Appliance;
 
-const CONFIG: &str = r#"
-[dataplane]
-cluster_port = "net_pcap0"
-host_port = "net_pcap1"
-mbufs = 8192
-
-[cluster]
-ip = "192.0.2.10"
-heartbeat_period_ms = 100
-
-[host]
-priority = 1
-dedicated_ip = "192.0.2.11"
-
-[[port_rule]]
-ports = "80"
-protocol = "tcp"
-affinity = "none"
-"#;
-
 /// SYNs and data to port 80 (rule 1) and 8080 (no rule yet: the default host's) from many
 /// clients, replayed over and over.
 fn traffic() -> Vec<Vec<u8>> {
@@ -70,7 +50,9 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
 fn reload_under_traffic_changes_rules_without_dropping_the_unchanged_ones() {
     let dir = tempfile::tempdir().unwrap();
     let eal = wlbs_tests::pcap_ports(dir.path(), &traffic(), &[], true);
-    let mut app = Appliance::start("reload", CONFIG, &eal);
+    let config = wlbs_tests::one_host_config(Some("none"))
+        .replace("[dataplane]\n", "[dataplane]\nmbufs = 8192\n");
+    let mut app = Appliance::start("reload", &config, &eal);
     assert!(
         app.wait_for("converged with hosts {1}", Duration::from_secs(30)),
         "{}",

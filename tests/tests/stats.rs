@@ -11,25 +11,6 @@ use wlbs_dataplane::wire::IpProtocol;
 use wlbs_tests::frames::{self, Vlan};
 use wlbs_tests::Appliance;
 
-const CONFIG: &str = r#"
-[dataplane]
-cluster_port = "net_pcap0"
-host_port = "net_pcap1"
-
-[cluster]
-ip = "192.0.2.10"
-heartbeat_period_ms = 100
-
-[host]
-priority = 1
-dedicated_ip = "192.0.2.11"
-
-[[port_rule]]
-ports = "80"
-protocol = "tcp"
-affinity = "none"
-"#;
-
 /// SYNs to the VIP from many clients, plus traffic to the dedicated IP.
 fn traffic() -> Vec<Vec<u8>> {
     let vip = IpAddr::from([192, 0, 2, 10]);
@@ -95,7 +76,8 @@ fn value(text: &str, sample: &str) -> f64 {
 fn metrics_from_a_busy_appliance_pass_promtool_over_http_and_the_control_socket() {
     let dir = tempfile::tempdir().unwrap();
     let eal = wlbs_tests::pcap_ports(dir.path(), &traffic(), &[], true);
-    let config = CONFIG.replace("[dataplane]\n", "[dataplane]\nmbufs = 8192\n");
+    let config = wlbs_tests::one_host_config(Some("none"))
+        .replace("[dataplane]\n", "[dataplane]\nmbufs = 8192\n");
     let mut app = Appliance::start("stats", &config, &eal);
     assert!(
         app.wait_for("converged with hosts {1}", Duration::from_secs(30)),

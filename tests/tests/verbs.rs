@@ -5,28 +5,10 @@ use std::time::Duration;
 
 use wlbs_tests::Appliance;
 
-const CONFIG: &str = r#"
-[dataplane]
-cluster_port = "net_pcap0"
-host_port = "net_pcap1"
-
-[cluster]
-ip = "192.0.2.10"
-heartbeat_period_ms = 100
-
-[host]
-priority = 1
-dedicated_ip = "192.0.2.11"
-
-[[port_rule]]
-ports = "80"
-protocol = "tcp"
-"#;
-
 fn start(name: &str) -> (Appliance, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let eal = wlbs_tests::pcap_ports(dir.path(), &[], &[], false);
-    let mut app = Appliance::start(name, CONFIG, &eal);
+    let mut app = Appliance::start(name, &wlbs_tests::one_host_config(None), &eal);
     assert!(
         app.wait_for("converged with hosts {1}", Duration::from_secs(30)),
         "{}",
@@ -110,7 +92,8 @@ fn no_appliance_means_exit_two_and_a_second_one_on_the_socket_is_refused() {
 
     let (app, _dir) = start("verbs-two");
     let config = format!(
-        "{CONFIG}\n[control]\nsocket = {:?}\n",
+        "{}\n[control]\nsocket = {:?}\n",
+        wlbs_tests::one_host_config(None),
         app.socket().display().to_string()
     );
     let second = Appliance::start("verbs-second", &config, &[]);
