@@ -207,38 +207,32 @@ fn verb(target: &Target, request: &Request) -> ExitCode {
             } else {
                 eprintln!("wlbs: {}", answer.text);
             }
-            if answer.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_REFUSED)
-            }
+            done_or_refused(answer.ok)
         }
-        Err(e) => {
-            eprintln!("wlbs: error: {e:#}");
-            ExitCode::from(EXIT_UNREACHABLE)
-        }
+        Err(e) => unreachable_with(&e),
     }
+}
+
+/// Exit status of a verb that got its answer(s): 0 done, 1 refused.
+fn done_or_refused(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REFUSED)
+    }
+}
+
+/// Exit status (2) of a verb that reached no appliance, after saying why.
+fn unreachable_with(e: &anyhow::Error) -> ExitCode {
+    eprintln!("wlbs: error: {e:#}");
+    ExitCode::from(EXIT_UNREACHABLE)
 }
 
 /// A verb over remote control: every answer printed, one per host.
 fn remote_verb(target: &Target, to: wlbs_control::remote::Target, request: &Request) -> ExitCode {
-    let (verb, arg) = match request {
-        Request::Query => ("query", ""),
-        Request::Stop => ("stop", ""),
-        Request::Start => ("start", ""),
-        Request::Drainstop => ("drainstop", ""),
-        Request::Suspend => ("suspend", ""),
-        Request::Resume => ("resume", ""),
-        Request::Display => ("display", ""),
-        Request::Params => ("params", ""),
-        Request::Enable { rules } => ("enable", rules.as_str()),
-        Request::Disable { rules } => ("disable", rules.as_str()),
-        Request::Drain { rules } => ("drain", rules.as_str()),
-        Request::Queryport { port } => ("queryport", port.as_str()),
-        other => {
-            eprintln!("wlbs: error: {other:?} is local only (use the control socket)");
-            return ExitCode::from(EXIT_UNREACHABLE);
-        }
+    let Some((verb, arg)) = wlbs_control::remote::verb_of(request) else {
+        eprintln!("wlbs: error: {request:?} is local only (use the control socket)");
+        return ExitCode::from(EXIT_UNREACHABLE);
     };
     let config = match target
         .config
@@ -310,16 +304,9 @@ fn remote_verb(target: &Target, to: wlbs_control::remote::Target, request: &Requ
                     }
                 }
             }
-            if answers.iter().all(|a| a.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_REFUSED)
-            }
+            done_or_refused(answers.iter().all(|a| a.ok))
         }
-        Err(e) => {
-            eprintln!("wlbs: error: {e:#}");
-            ExitCode::from(EXIT_UNREACHABLE)
-        }
+        Err(e) => unreachable_with(&e),
     }
 }
 

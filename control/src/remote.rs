@@ -107,6 +107,26 @@ pub fn request_of(verb: &str, arg: &str) -> Option<Request> {
     })
 }
 
+/// The verb and argument that carry `request` ([`request_of`] the other way round); `None`
+/// for the local-only verbs.
+pub fn verb_of(request: &Request) -> Option<(&'static str, &str)> {
+    Some(match request {
+        Request::Enable { rules } => ("enable", rules.as_str()),
+        Request::Disable { rules } => ("disable", rules.as_str()),
+        Request::Drain { rules } => ("drain", rules.as_str()),
+        Request::Queryport { port } => ("queryport", port.as_str()),
+        Request::Display => ("display", ""),
+        Request::Params => ("params", ""),
+        Request::Query => ("query", ""),
+        Request::Stop => ("stop", ""),
+        Request::Start => ("start", ""),
+        Request::Drainstop => ("drainstop", ""),
+        Request::Suspend => ("suspend", ""),
+        Request::Resume => ("resume", ""),
+        Request::Stats | Request::Reload => return None,
+    })
+}
+
 fn tag(key: &[u8], parts: &[&str]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     for (i, p) in parts.iter().enumerate() {
@@ -385,6 +405,36 @@ fn send_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_remote_verb_maps_to_its_request_and_back() {
+        let requests = [
+            Request::Query,
+            Request::Stop,
+            Request::Start,
+            Request::Drainstop,
+            Request::Suspend,
+            Request::Resume,
+            Request::Display,
+            Request::Params,
+            Request::Enable { rules: "80".into() },
+            Request::Disable {
+                rules: "all".into(),
+            },
+            Request::Drain {
+                rules: "192.0.2.10:443".into(),
+            },
+            Request::Queryport { port: "80".into() },
+        ];
+        for r in &requests {
+            let (verb, arg) = verb_of(r).unwrap_or_else(|| panic!("{r:?} has no verb"));
+            assert_eq!(request_of(verb, arg).as_ref(), Some(r), "{verb} {arg}");
+        }
+        assert_eq!(verb_of(&Request::Stats), None);
+        assert_eq!(verb_of(&Request::Reload), None);
+        assert_eq!(request_of("reload", ""), None);
+        assert_eq!(request_of("enable", ""), None, "enable needs its rules");
+    }
 
     const KEY: &[u8] = b"remote control key of the lab!!!";
 
