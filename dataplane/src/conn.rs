@@ -110,12 +110,6 @@ pub struct HashedKey {
     hash: u32,
 }
 
-impl HashedKey {
-    pub fn key(&self) -> &FlowKey {
-        &self.key
-    }
-}
-
 /// `addr` as the 128-bit IPv4-mapped IPv6 address `::ffff:a.b.c.d`, the form [`FlowKey`]
 /// stores.
 pub const fn ipv4_mapped(addr: Ipv4Addr) -> u128 {

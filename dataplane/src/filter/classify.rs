@@ -191,6 +191,17 @@ enum Client {
     V6(u128),
 }
 
+/// A flow as the rule lookup, the bucket hash and the descriptors see it.
+#[derive(Clone, Copy)]
+struct Flow {
+    vip: VipSlot,
+    /// The VIP's address (an IPv4 address in the low 32 bits).
+    vip_addr: u128,
+    client: Client,
+    client_port: u16,
+    server_port: u16,
+}
+
 impl Filter {
     /// `max_connections` descriptors for this worker; `seed` randomises descriptor slots.
     pub fn new(max_connections: usize, timeouts: Timeouts, seed: u64) -> Filter {
@@ -281,40 +292,32 @@ impl Filter {
         if total < 20 + transport_len {
             return Triage::General;
         }
-        let src = be32(L3 + 12);
-        let (cport, sport) = (be16(L4), be16(L4 + 2));
+        // What flow_step does for any flow, written out for IPv4 (measured: the shared
+        // version costs the drop path about 6%).
+        let (src, cport, sport) = (be32(L3 + 12), be16(L4), be16(L4 + 2));
         let Some(rule_index) = t.rule_for(vip, transport, sport) else {
             return Triage::Decided(default_host(t));
         };
         let rule = t.rule(rule_index);
         let bucket = hash::bucket_v4_after(rule.v4_prefix, rule.affinity, src, cport, sport);
-        // Not ours in any way (or a rule of another mode): decided without the descriptors.
-        if rule.mode != Mode::Multiple || rule.reach & 1u64 << bucket == 0 {
+        if rule.mode != Mode::Multiple || rule.ownership.reach() & 1u64 << bucket == 0 {
             return Triage::Decided(rule_verdict(rule_index, rule, bucket));
         }
-        let segment = match transport {
-            Transport::Tcp => {
-                let flags = h[L4 + 13];
-                Segment::Tcp {
-                    syn: flags & 0x02 != 0 && flags & 0x10 == 0,
-                    fin: flags & 0x01 != 0,
-                    rst: flags & 0x04 != 0,
-                }
-            }
-            Transport::Udp => Segment::Udp,
-        };
-        *key = self.conns.hashed(FlowKey {
-            client: crate::conn::ipv4_mapped(src.into()),
-            vip: crate::conn::ipv4_mapped(dst.into()),
-            client_port: cport,
-            server_port: sport,
-            protocol: transport.protocol(),
-        });
+        *key = self.conns.hashed(FlowKey::v4(
+            src.into(),
+            cport,
+            dst.into(),
+            sport,
+            transport.protocol(),
+        ));
         self.conns.prefetch(key);
         Triage::Flow {
             rule: rule_index,
             bucket,
-            segment,
+            segment: match transport {
+                Transport::Tcp => Segment::tcp(h[L4 + 13]),
+                Transport::Udp => Segment::Udp,
+            },
         }
     }
 
@@ -460,33 +463,27 @@ impl Filter {
         l4: &[u8],
         now_ms: u32,
     ) -> Decision {
-        match protocol {
-            IpProtocol::TCP => {
-                // Ports and flags: the first 14 bytes of the header.
-                if l4.len() < 14 {
-                    return Decision::of(Verdict::Drop(Reason::Malformed));
-                }
-                let flags = l4[13];
-                let segment = Segment::Tcp {
-                    syn: flags & 0x02 != 0 && flags & 0x10 == 0,
-                    fin: flags & 0x01 != 0,
-                    rst: flags & 0x04 != 0,
-                };
-                let (cport, sport) = ports(l4);
-                self.classify_flow(t, vip, client, vip_addr, cport, sport, segment, now_ms)
-            }
-            IpProtocol::UDP => {
-                if l4.len() < 8 {
-                    return Decision::of(Verdict::Drop(Reason::Malformed));
-                }
-                let (cport, sport) = ports(l4);
-                self.classify_flow(t, vip, client, vip_addr, cport, sport, Segment::Udp, now_ms)
+        // Ports and flags: the first 14 bytes of a TCP header; ports: 8 bytes of UDP.
+        let segment = match protocol {
+            IpProtocol::TCP if l4.len() >= 14 => Segment::tcp(l4[13]),
+            IpProtocol::UDP if l4.len() >= 8 => Segment::Udp,
+            IpProtocol::TCP | IpProtocol::UDP => {
+                return Decision::of(Verdict::Drop(Reason::Malformed))
             }
             IpProtocol::ICMP | IpProtocol::ICMPV6 => {
-                self.classify_icmp(t, vip, client, vip_addr, protocol, l4, now_ms)
+                return self.classify_icmp(t, vip, client, vip_addr, protocol, l4, now_ms)
             }
-            _ => default_host(t),
-        }
+            _ => return default_host(t),
+        };
+        let (client_port, server_port) = ports(l4);
+        let flow = Flow {
+            vip,
+            vip_addr,
+            client,
+            client_port,
+            server_port,
+        };
+        self.classify_flow(t, &flow, segment, now_ms)
     }
 
     /// ICMP errors about a flow go where the flow goes: hash the quoted header. Echo and
@@ -559,58 +556,77 @@ impl Filter {
             IpProtocol::UDP => Segment::QuotedUdp,
             _ => return default_host(t),
         };
-        self.classify_flow(t, vip, q_dst, vip_addr, cport, sport, segment, now_ms)
+        let flow = Flow {
+            vip,
+            vip_addr,
+            client: q_dst,
+            client_port: cport,
+            server_port: sport,
+        };
+        self.classify_flow(t, &flow, segment, now_ms)
     }
 
-    /// A TCP/UDP packet (or an ICMP error about one) to a VIP: the general way's version of
-    /// what [`triage`](Self::triage) and [`finish`](Self::finish) do for the common case.
-    #[allow(clippy::too_many_arguments)]
+    /// A TCP/UDP packet (or an ICMP error about one) to a VIP, the general way.
     fn classify_flow(
         &mut self,
         t: &FilterTable,
-        vip: VipSlot,
-        client: Client,
-        vip_addr: u128,
-        client_port: u16,
-        server_port: u16,
+        flow: &Flow,
         segment: Segment,
         now_ms: u32,
     ) -> Decision {
-        let transport = segment.transport();
-        let Some(rule_index) = t.rule_for(vip, transport, server_port) else {
-            return default_host(t);
+        let mut key = HashedKey::default();
+        match self.flow_step(t, flow, segment.transport(), &mut key) {
+            Ok((rule, bucket)) => self.decide_flow(t, &key, rule, bucket, segment, now_ms),
+            Err(decided) => decided,
+        }
+    }
+
+    /// The rule and bucket of a flow's packet (both ways share this). `Err`: decided without
+    /// the descriptors (no rule, a disabled or single-host rule, or a bucket not ours in any
+    /// way: the common case on every host but one). `Ok((rule, bucket))`: the bucket is ours
+    /// in some way and the descriptors decide ([`decide_flow`](Self::decide_flow)), with the
+    /// descriptor key hashed into `key`.
+    #[inline(always)]
+    fn flow_step(
+        &self,
+        t: &FilterTable,
+        flow: &Flow,
+        transport: Transport,
+        key: &mut HashedKey,
+    ) -> Result<(u8, u8), Decision> {
+        let Some(rule_index) = t.rule_for(flow.vip, transport, flow.server_port) else {
+            return Err(default_host(t));
         };
         let rule: &RuleEntry = t.rule(rule_index);
-        let bucket = match (rule.mode, client) {
+        let (cport, sport) = (flow.client_port, flow.server_port);
+        let bucket = match (rule.mode, flow.client) {
             (Mode::Multiple, Client::V4(a)) => {
-                hash::bucket_v4_after(rule.v4_prefix, rule.affinity, a, client_port, server_port)
+                hash::bucket_v4_after(rule.v4_prefix, rule.affinity, a, cport, sport)
             }
             (Mode::Multiple, Client::V6(a)) => {
-                hash::bucket_v6(t.seed, rule.affinity, a, client_port, server_port)
+                hash::bucket_v6(t.seed, rule.affinity, a, cport, sport)
             }
             _ => 0,
         };
-        // Not ours in any way: the common case on every host but one, decided without
-        // touching the descriptor table. (A descriptor left from a completed hand-off is
-        // stale; the idle sweep frees it.)
-        if rule.mode != Mode::Multiple || rule.reach & 1u64 << bucket == 0 {
-            return rule_verdict(rule_index, rule, bucket);
+        // (A descriptor left from a completed hand-off is stale; the idle sweep frees it.)
+        if rule.mode != Mode::Multiple || rule.ownership.reach() & 1u64 << bucket == 0 {
+            return Err(rule_verdict(rule_index, rule, bucket));
         }
-        let key = FlowKey {
-            client: match client {
-                Client::V4(a) => crate::conn::ipv4_mapped(a.into()),
-                Client::V6(a) => a,
-            },
-            vip: match client {
-                Client::V4(_) => crate::conn::ipv4_mapped((vip_addr as u32).into()),
-                Client::V6(_) => vip_addr,
-            },
-            client_port,
-            server_port,
-            protocol: transport.protocol(),
+        let (client, vip) = match flow.client {
+            Client::V4(a) => (
+                crate::conn::ipv4_mapped(a.into()),
+                crate::conn::ipv4_mapped((flow.vip_addr as u32).into()),
+            ),
+            Client::V6(a) => (a, flow.vip_addr),
         };
-        let key = self.conns.hashed(key);
-        self.decide_flow(t, &key, rule_index, bucket, segment, now_ms)
+        *key = self.conns.hashed(FlowKey {
+            client,
+            vip,
+            client_port: cport,
+            server_port: sport,
+            protocol: transport.protocol(),
+        });
+        Ok((rule_index, bucket))
     }
 
     /// A packet in a bucket that is ours in some way: owned, moving to us or moving away.
@@ -733,6 +749,16 @@ pub enum Segment {
 }
 
 impl Segment {
+    /// A TCP segment with these flags (byte 13 of the header). A SYN with ACK is no opening.
+    #[inline(always)]
+    fn tcp(flags: u8) -> Segment {
+        Segment::Tcp {
+            syn: flags & 0x02 != 0 && flags & 0x10 == 0,
+            fin: flags & 0x01 != 0,
+            rst: flags & 0x04 != 0,
+        }
+    }
+
     fn transport(self) -> Transport {
         match self {
             Segment::Tcp { .. } | Segment::QuotedTcp => Transport::Tcp,

@@ -25,6 +25,13 @@ impl RuleOwnership {
     /// All 60 buckets.
     pub const ALL_BUCKETS: u64 = (1u64 << hash::BUCKETS) - 1;
 
+    /// Buckets that are ours in any way (owned, incoming or outgoing): a packet in any other
+    /// bucket is decided without the descriptors.
+    #[inline(always)]
+    pub fn reach(&self) -> u64 {
+        self.owned | self.incoming | self.outgoing
+    }
+
     pub fn owning(buckets: u64) -> RuleOwnership {
         RuleOwnership {
             owned: buckets,
@@ -42,9 +49,6 @@ pub struct RuleEntry {
     pub v4_prefix: u64,
     pub protocol: Protocol,
     pub ownership: RuleOwnership,
-    /// Buckets that are ours in any way (owned, incoming or outgoing): a packet in any other
-    /// bucket is decided without the descriptors.
-    pub reach: u64,
 }
 
 /// No rule covers the port.
@@ -65,8 +69,8 @@ impl Transport {
     /// The IP protocol number.
     pub fn protocol(self) -> u8 {
         match self {
-            Transport::Tcp => 6,
-            Transport::Udp => 17,
+            Transport::Tcp => crate::conn::PROTO_TCP,
+            Transport::Udp => crate::conn::PROTO_UDP,
         }
     }
 }
@@ -173,16 +177,12 @@ impl FilterTable {
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let ownership = ownership.get(i).copied().unwrap_or_default();
-                RuleEntry {
-                    mode: r.mode,
-                    affinity: r.affinity,
-                    v4_prefix: hash::v4_prefix(hash::seed(spec.cluster_ip), r.affinity),
-                    protocol: r.protocol,
-                    ownership,
-                    reach: ownership.owned | ownership.incoming | ownership.outgoing,
-                }
+            .map(|(i, r)| RuleEntry {
+                mode: r.mode,
+                affinity: r.affinity,
+                v4_prefix: hash::v4_prefix(hash::seed(spec.cluster_ip), r.affinity),
+                protocol: r.protocol,
+                ownership: ownership.get(i).copied().unwrap_or_default(),
             })
             .collect();
         FilterTable {
