@@ -185,7 +185,7 @@ pub fn render(v: &MetricsView) -> String {
     let burst: Vec<_> = burst.iter().map(|(a, h)| (a.as_slice(), *h)).collect();
     e.histogram(
         "wlbs_worker_burst_seconds_per_packet",
-        "Processing time of each non-empty burst divided by its packets, per worker.",
+        "Processing time of non-empty bursts (one in 8 is timed) divided by their packets, per worker.",
         &PER_PACKET_BOUNDS,
         1.0 / hz,
         &burst,

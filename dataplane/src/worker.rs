@@ -261,8 +261,41 @@ const _: () = assert!(BURST_SIZE <= 64);
 
 /// What a worker hands back when it stops.
 pub struct WorkerReport {
-    /// Processing time of each non-empty burst, in TSC cycles per packet.
+    /// Processing time of sampled non-empty bursts, in TSC cycles per packet.
     pub cycles_per_packet: Histogram<u64>,
+}
+
+/// One non-empty burst in this many is timed. Reading the TSC costs about 10 ns on the
+/// development VM (measured: 9.6 ns per `rdtsc`), and a burst of 32 frames judged on the drop
+/// path takes about 900 ns: timing every burst cost a few percent of the rate.
+pub const TIME_EVERY_BURSTS: u32 = 8;
+
+/// The burst-time histogram, fed by a sample of the bursts.
+struct BurstTimer {
+    cycles_per_packet: Histogram<u64>,
+    /// Non-empty bursts until the next timed one.
+    countdown: u32,
+}
+
+impl BurstTimer {
+    /// The TSC now if this burst is one to time.
+    #[inline]
+    fn start(&mut self) -> Option<u64> {
+        if self.countdown > 1 {
+            self.countdown -= 1;
+            return None;
+        }
+        self.countdown = TIME_EVERY_BURSTS;
+        Some(dpdk::rdtsc())
+    }
+
+    #[inline]
+    fn stop(&mut self, started: Option<u64>, packets: usize) {
+        if let Some(start) = started {
+            let per_packet = (dpdk::rdtsc().wrapping_sub(start) / packets.max(1) as u64).max(1);
+            self.cycles_per_packet.saturating_record(per_packet);
+        }
+    }
 }
 
 /// Spins briefly on an empty poll, then sleeps for growing short intervals (up to
@@ -322,16 +355,21 @@ pub fn run(
         idle,
         empty_polls: 0,
     };
-    let mut cycles_per_packet =
-        Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).expect("static histogram bounds");
+    let mut timer = BurstTimer {
+        cycles_per_packet: Histogram::<u64>::new_with_bounds(1, 1_000_000, 2)
+            .expect("static histogram bounds"),
+        countdown: 1,
+    };
     while !stop.load(Relaxed) {
+        // The loop's one clock reading: the filter's milliseconds and the publish schedule.
+        let now = dpdk::rdtsc();
         let inbound = match filter.as_mut() {
             None => forward(
                 &mut q.cluster_rx,
                 &mut q.host_tx,
                 &mut burst,
                 &counters.inbound,
-                &mut cycles_per_packet,
+                &mut timer,
                 |_| {},
             ),
             Some(f) => filter_inbound(
@@ -340,7 +378,8 @@ pub fn run(
                 &mut burst,
                 &mut scratch,
                 &counters.inbound,
-                &mut cycles_per_packet,
+                &mut timer,
+                now,
             ),
         };
         if let Some(f) = filter.as_ref() {
@@ -352,7 +391,7 @@ pub fn run(
                 &mut q.cluster_tx,
                 &mut burst,
                 &counters.outbound,
-                &mut cycles_per_packet,
+                &mut timer,
                 |_| {},
             ),
             Some(f) => outbound_to_cluster(
@@ -361,18 +400,17 @@ pub fn run(
                 &mut burst,
                 &mut scratch.dropped,
                 &counters.outbound,
-                &mut cycles_per_packet,
+                &mut timer,
             ),
         };
         if inbound + outbound == 0 {
             bump(&counters.idle_polls, 1);
         }
-        let now = dpdk::rdtsc();
         if now >= next_publish {
             next_publish = now.wrapping_add(publish_every);
             if let Ok(mut h) = published.try_lock() {
                 h.reset();
-                let _ = h.add(&cycles_per_packet);
+                let _ = h.add(&timer.cycles_per_packet);
             }
         }
         backoff.on_poll(inbound + outbound);
@@ -384,14 +422,16 @@ pub fn run(
     }
     if let Ok(mut h) = published.lock() {
         h.reset();
-        let _ = h.add(&cycles_per_packet);
+        let _ = h.add(&timer.cycles_per_packet);
     }
     if let Some(counters) = filter.as_ref().map(|f| &f.counters) {
         scratch
             .held
             .drain(|_| counters.count(&Decision::of(Verdict::Drop(Reason::FragmentTimeout))));
     }
-    WorkerReport { cycles_per_packet }
+    WorkerReport {
+        cycles_per_packet: timer.cycles_per_packet,
+    }
 }
 
 /// Control frames (heartbeats, ARP answers, frames passed on) the control thread queued for
@@ -428,20 +468,19 @@ fn forward(
     tx: &mut TxQueue,
     burst: &mut Burst,
     counters: &DirectionCounters,
-    cycles_per_packet: &mut Histogram<u64>,
+    timer: &mut BurstTimer,
     mut inspect: impl FnMut(&Mbuf),
 ) -> usize {
     let n = rx.rx_burst(burst);
     if n == 0 {
         return 0;
     }
-    let start = dpdk::rdtsc();
+    let started = timer.start();
     if let Some(m) = burst.as_slice().first() {
         inspect(m);
     }
     send(tx, burst, counters);
-    let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
-    cycles_per_packet.saturating_record(per_packet);
+    timer.stop(started, n);
     n
 }
 
@@ -464,13 +503,13 @@ fn outbound_to_cluster(
     burst: &mut Burst,
     dropped: &mut Burst,
     counters: &DirectionCounters,
-    cycles_per_packet: &mut Histogram<u64>,
+    timer: &mut BurstTimer,
 ) -> usize {
     let n = q.host_rx.rx_burst(burst);
     if n == 0 {
         return 0;
     }
-    let start = dpdk::rdtsc();
+    let started = timer.start();
     if let Some(m) = burst.as_slice().first() {
         f.host_mac.learn(m.data());
     }
@@ -498,8 +537,7 @@ fn outbound_to_cluster(
     );
     dropped.clear();
     send(&mut q.cluster_tx, burst, counters);
-    let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
-    cycles_per_packet.saturating_record(per_packet);
+    timer.stop(started, n);
     n
 }
 
@@ -523,7 +561,8 @@ fn filter_inbound(
     burst: &mut Burst,
     scratch: &mut Scratch,
     counters: &DirectionCounters,
-    cycles_per_packet: &mut Histogram<u64>,
+    timer: &mut BurstTimer,
+    now_tsc: u64,
 ) -> usize {
     let Scratch {
         released,
@@ -532,7 +571,7 @@ fn filter_inbound(
         triage,
     } = scratch;
     let n = q.cluster_rx.rx_burst(burst);
-    let now_ms = (dpdk::rdtsc() / f.tsc_per_ms) as u32;
+    let now_ms = (now_tsc / f.tsc_per_ms) as u32;
     let since = now_ms.wrapping_sub(f.last_sweep_ms) as usize;
     if since > 0 {
         let per_ms = f.filter.connections().slot_count() / SWEEP_PERIOD_MS + 1;
@@ -540,7 +579,7 @@ fn filter_inbound(
         f.last_sweep_ms = now_ms;
     }
     if n > 0 {
-        let start = dpdk::rdtsc();
+        let started = timer.start();
         let table = f.table.load();
         let host_mac = f.host_mac.get();
         let filter_counters = &*f.counters;
@@ -623,8 +662,7 @@ fn filter_inbound(
         dropped.clear();
         filter_counters.flush(&mut tally);
         send(&mut q.host_tx, burst, counters);
-        let per_packet = (dpdk::rdtsc().wrapping_sub(start) / n as u64).max(1);
-        cycles_per_packet.saturating_record(per_packet);
+        timer.stop(started, n);
     }
     if !held.is_empty() {
         let filter_counters = &*f.counters;

@@ -1240,11 +1240,12 @@ fn log_burst_times(reports: &Mutex<Vec<Option<WorkerReport>>>) {
         }
         let ns = |cycles: u64| cycles as f64 * 1e9 / hz;
         info!(
-            "worker {i}: burst processing per packet p50 {:.1} ns, p99 {:.1} ns, max {:.1} ns over {} bursts",
+            "worker {i}: burst processing per packet p50 {:.1} ns, p99 {:.1} ns, max {:.1} ns over {} timed bursts (one in {})",
             ns(h.value_at_quantile(0.5)),
             ns(h.value_at_quantile(0.99)),
             ns(h.max()),
-            h.len()
+            h.len(),
+            wlbs_dataplane::worker::TIME_EVERY_BURSTS
         );
     }
 }
