@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::consistency::describe;
 use crate::ctl::{Request, Response};
 use crate::diagnostics::Diagnostics;
-use crate::membership::{HostState, Membership, Refusal, RuleControl};
+use crate::membership::{host_list, HostState, Membership, Refusal, RuleControl};
 use crate::peers::Peers;
 use wlbs_dataplane::filter::{Mode, Protocol, RuleVip};
 
@@ -78,7 +78,7 @@ pub fn answer(
                 let mut text = format!(
                     "host {} of static members {{{}}} (no heartbeats: [cluster] members is set)",
                     view.priority,
-                    join(&members)
+                    host_list(&members)
                 );
                 let mut data =
                     json!({"state": "static", "priority": view.priority, "members": members});
@@ -200,14 +200,6 @@ fn state_json(m: &Membership) -> serde_json::Value {
     json!({"state": m.state().key(), "code": m.state().nlb_code()})
 }
 
-fn join(priorities: &[u8]) -> String {
-    priorities
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn buckets_per_rule(m: &Membership, rules: usize, priority: u8) -> Vec<u32> {
     (0..rules)
         .map(|r| {
@@ -224,7 +216,7 @@ fn query(m: &Membership, view: &ClusterView, facts: &Facts) -> Response {
     let mut text = format!(
         "{} with hosts {{{}}}; cluster {}, heartbeats every {} ms, tolerance {}\n",
         state_line(m, me),
-        join(&members),
+        host_list(&members),
         view.spec.cluster_ip,
         facts.heartbeat_period_ms,
         facts.heartbeat_tolerance

@@ -35,7 +35,7 @@ use crate::ctl;
 use crate::diagnostics::Diagnostics;
 use crate::heartbeat;
 use crate::membership::wire;
-use crate::membership::{Event, Membership, Reconfigured, Refusal};
+use crate::membership::{host_list, Event, Membership, Reconfigured, Refusal};
 use crate::neighbour::{Diagnostic, HostFrame, Neighbour};
 use crate::peers::Peers;
 use crate::reload;
@@ -900,11 +900,7 @@ pub fn run(
                                     staged_reload = Some((new, plan));
                                     Ok(format!(
                                         "reload: staged: {changes}; it takes effect on every host when hosts {{{}}} have it too (reload them)",
-                                        waiting
-                                            .iter()
-                                            .map(|p| p.to_string())
-                                            .collect::<Vec<_>>()
-                                            .join(",")
+                                        host_list(&waiting)
                                     ))
                                 }
                             }
@@ -1170,11 +1166,7 @@ fn log_event(event: &Event, peers: &Peers) {
             default_host,
         } => info!(
             "converged with hosts {{{}}}{}",
-            members
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            host_list(members),
             default_host.map_or(String::new(), |d| format!(" (default host {d})"))
         ),
         Event::Converging { reason } => info!("converging: {reason}"),
@@ -1220,11 +1212,7 @@ fn log_event(event: &Event, peers: &Peers) {
         Event::ConfigApplied => info!("converging with the reloaded configuration"),
         Event::Outvoted { majority } => warn!(
             "this host's configuration differs from the one hosts {{{}}} share: it takes no traffic until its configuration matches theirs (NLB: inconsistent port rules); see the refusals above for the fields",
-            majority
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
+            host_list(majority)
         ),
     }
 }

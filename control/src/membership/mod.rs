@@ -187,6 +187,15 @@ struct Peer {
     stopped_code: Option<u32>,
 }
 
+/// Host priorities as logs and answers show a set of hosts: `1,2,3` (inside braces there).
+pub fn host_list(priorities: &[u8]) -> String {
+    priorities
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The membership state machine of one host.
 pub struct Membership {
     s: Settings,
