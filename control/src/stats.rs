@@ -185,7 +185,10 @@ pub fn render(v: &MetricsView) -> String {
     let burst: Vec<_> = burst.iter().map(|(a, h)| (a.as_slice(), *h)).collect();
     e.histogram(
         "wlbs_worker_burst_seconds_per_packet",
-        "Processing time of non-empty bursts (one in 8 is timed) divided by their packets, per worker.",
+        &format!(
+            "Processing time of non-empty bursts (one in {} is timed) divided by their packets, per worker.",
+            wlbs_dataplane::worker::TIME_EVERY_BURSTS
+        ),
         &PER_PACKET_BOUNDS,
         1.0 / hz,
         &burst,

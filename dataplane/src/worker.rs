@@ -278,6 +278,15 @@ struct BurstTimer {
 }
 
 impl BurstTimer {
+    /// Times the first non-empty burst, then one in [`TIME_EVERY_BURSTS`].
+    fn new() -> BurstTimer {
+        BurstTimer {
+            cycles_per_packet: Histogram::<u64>::new_with_bounds(1, 1_000_000, 2)
+                .expect("static histogram bounds"),
+            countdown: 1,
+        }
+    }
+
     /// The TSC now if this burst is one to time.
     #[inline]
     fn start(&mut self) -> Option<u64> {
@@ -355,11 +364,7 @@ pub fn run(
         idle,
         empty_polls: 0,
     };
-    let mut timer = BurstTimer {
-        cycles_per_packet: Histogram::<u64>::new_with_bounds(1, 1_000_000, 2)
-            .expect("static histogram bounds"),
-        countdown: 1,
-    };
+    let mut timer = BurstTimer::new();
     while !stop.load(Relaxed) {
         // The loop's one clock reading: the filter's milliseconds and the publish schedule.
         let now = dpdk::rdtsc();
@@ -695,6 +700,21 @@ fn filter_inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_burst_and_then_one_in_eight_are_timed() {
+        let mut timer = BurstTimer::new();
+        let every = TIME_EVERY_BURSTS as usize;
+        let timed: Vec<usize> = (0..3 * every + 1)
+            .filter(|_| {
+                let started = timer.start();
+                timer.stop(started, 32);
+                started.is_some()
+            })
+            .collect();
+        assert_eq!(timed, vec![0, every, 2 * every, 3 * every]);
+        assert_eq!(timer.cycles_per_packet.len(), 4);
+    }
 
     #[test]
     fn host_mac_is_learned_from_unicast_sources_only() {
